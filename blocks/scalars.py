@@ -18,7 +18,7 @@ class Scalar(nn.Module):
     ``forward`` only returns the parameter, so gradients flow through it unclamped within a step.
 
     Typical values:
-    CLIP log logit scale ``init: 2.659260`` (ln(1/0.07), openai/CLIP · clip/model.py · CLIP.initialize_parameters),
+    CLIP log logit scale ``init: 2.659260`` (ln(1/0.07), openai/CLIP · clip/model.py · CLIP.__init__),
     ``min: 0.0, max: 4.605170`` (ln 100); SigLIP log temperature ``init: 2.302585`` (log 10) and bias
     ``init: -10.0`` (big_vision SigLIP_demo ``temperature_init=10, bias_init=-10``; open_clip main.py
     ``init_logit_scale=log(10), init_logit_bias=-10``), no bounds in big_vision (open_clip still clamps the

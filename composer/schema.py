@@ -91,10 +91,10 @@ def graph_schema() -> dict:
     }
 
 
-def check_params(spec) -> list[GraphError]:
+def check_params(blocks: dict, located) -> list[GraphError]:
     """Validate each block's parameter values against its schema; errors point at the parameter's line."""
     errors = []
-    for name, block in spec.blocks.items():
+    for name, block in blocks.items():
         validator = jsonschema.Draft202012Validator(params_schema(block.info))
         body = {"type": block.kind, **{k: _plain(v) for k, v in block.params.items() if k in block.info.params}}
         for e in sorted(validator.iter_errors(body), key=lambda e: list(e.path)):
@@ -103,7 +103,7 @@ def check_params(spec) -> list[GraphError]:
             param = e.path[0] if e.path else None
             where = ("blocks", name) + ((param,) if param else ())
             expected = _expected(block.info.params[param].annotation) if param in block.info.params else None
-            errors.append(GraphError(f"parameter {param!r} of {block.kind}: {e.message}", spec.loc(*where),
+            errors.append(GraphError(f"parameter {param!r} of {block.kind}: {e.message}", located.loc(*where),
                                      node=name, expected=expected))
     return errors
 

@@ -144,6 +144,8 @@ class _Parser:
             if name in self.nodes:
                 continue
             self._parse_flow_entry(name, expr)
+        from composer.schema import check_params
+        self.errors += check_params(self.blocks, self.located)
         updates = self._parse_updates()
         objective = self._parse_objective()
         embedding = d.get("embedding")

@@ -12,7 +12,6 @@ import dataclasses
 import networkx as nx
 import torch
 
-from composer import schema
 from composer.compile import assign_stages, dependency_graph, grad_nodes
 from composer.errors import GraphError, GraphErrors
 from composer.spec import GraphSpec
@@ -28,8 +27,7 @@ class Report:
 
 
 def check(spec: GraphSpec, dry_run: bool = True) -> Report:
-    errors = schema.check_params(spec)
-    errors += _structure(spec)
+    errors = _structure(spec)
     if errors:
         raise GraphErrors(errors)
     assign_stages(spec)

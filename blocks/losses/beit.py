@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.registry import block
+from composer.precision import float32_region
 
 
 @block("loss.masked_token_ce")
@@ -38,7 +39,7 @@ class MaskedTokenCE(nn.Module):
             raise ValueError(f"loss.masked_token_ce: expected logits (B, N, V), ids (B, L), index (B, N), "
                              f"valid (B, N); got {tuple(logits.shape)}, {tuple(ids.shape)}, "
                              f"{tuple(index.shape)}, {tuple(valid.shape)}")
-        with torch.autocast(logits.device.type, enabled=False):
+        with float32_region(logits.device):
             labels = torch.gather(ids.long(), 1, index)  # (B, N)
             ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none")
             w = valid.float().flatten()

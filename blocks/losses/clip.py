@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer import dist
+from composer.precision import float32_region
 
 
 @block("loss.clip")
@@ -47,7 +48,7 @@ class CLIPLoss(nn.Module):
         if image.ndim != 2 or image.shape != text.shape:
             raise ValueError(f"loss.clip: expected image and text (N, E), got {tuple(image.shape)} and "
                              f"{tuple(text.shape)}")
-        with torch.autocast(image.device.type, enabled=False):
+        with float32_region(image.device):
             img = F.normalize(image.float(), dim=-1)
             txt = F.normalize(text.float(), dim=-1)
             scale = logit_scale.float().exp()

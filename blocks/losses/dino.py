@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer.schedule import Schedule
+from composer.precision import float32_region
 
 
 @block("loss.dino")
@@ -90,7 +91,7 @@ class DINOLoss(nn.Module):
             raise ValueError(f"loss.dino: expected student_global (2, N, K), student_local (V, N, K), teacher "
                              f"(2, N, K); got {tuple(student_global.shape)}, {tuple(student_local.shape)}, "
                              f"{tuple(teacher.shape)}")
-        with torch.autocast(teacher.device.type, enabled=False):
+        with float32_region(teacher.device):
             student = torch.cat([student_global, student_local], dim=0).float()  # (2+V, N, K), globals first
             log_p_s = F.log_softmax(student / self.student_temp, dim=-1)
             p_t = F.softmax((teacher.float() - center.float()) / self.teacher_temp_now, dim=-1).detach()  # (2,N,K)

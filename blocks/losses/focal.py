@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer import dist
+from composer.precision import float32_region
 
 
 @block("loss.token_focal")
@@ -57,7 +58,7 @@ class TokenSigmoidFocalLoss(nn.Module):
         if logits.ndim != 3 or targets.shape != logits.shape or text_mask.shape != (logits.shape[0], logits.shape[2]):
             raise ValueError(f"loss.token_focal: expected logits and targets (B, A, T) and text_mask (B, T); got "
                              f"{tuple(logits.shape)}, {tuple(targets.shape)}, {tuple(text_mask.shape)}")
-        with torch.autocast(logits.device.type, enabled=False):
+        with float32_region(logits.device):
             y = targets.float()
             pair_loss = sigmoid_focal_loss(logits.float(), y, self.alpha, self.gamma)  # (B, A, T)
             keep = (text_mask > 0)[:, None, :]  # (B, 1, T), broadcast over anchors

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.registry import block
+from composer.precision import float32_region
 
 
 @block("loss.info_nce")
@@ -50,7 +51,7 @@ class InfoNCE(nn.Module):
                 or negatives.shape[1] != query.shape[1]:
             raise ValueError(f"loss.info_nce: expected query (N, C), positive (N, C), negatives (K, C); got "
                              f"{tuple(query.shape)}, {tuple(positive.shape)}, {tuple(negatives.shape)}")
-        with torch.autocast(query.device.type, enabled=False):
+        with float32_region(query.device):
             q, k, queue = query.float(), positive.float(), negatives.detach().float()
             l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
             l_neg = q @ queue.T  # (N, K)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.registry import block
+from composer.precision import float32_region
 
 
 @block("loss.smooth_l1")
@@ -41,5 +42,5 @@ class SmoothL1Loss(nn.Module):
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         if pred.shape != target.shape:
             raise ValueError(f"loss.smooth_l1: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-        with torch.autocast(pred.device.type, enabled=False):
+        with float32_region(pred.device):
             return F.smooth_l1_loss(pred.float(), target.float(), beta=self.beta)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from blocks.vit import patchify
+from composer.precision import float32_region
 
 
 @block("loss.mae")
@@ -49,7 +50,7 @@ class MAELoss(nn.Module):
                 or mask.shape != pred.shape[:2]:
             raise ValueError(f"loss.mae: expected pred (B, L, p²·C), image (B, C, H, W), mask (B, L) with "
                              f"L = (H/p)(W/p); got {tuple(pred.shape)}, {tuple(image.shape)}, {tuple(mask.shape)}")
-        with torch.autocast(pred.device.type, enabled=False):
+        with float32_region(pred.device):
             target = patchify(image.float(), p)
             if self.norm_pix:
                 mean = target.mean(dim=-1, keepdim=True)

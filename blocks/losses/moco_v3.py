@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer import dist
+from composer.precision import float32_region
 
 
 @block("loss.moco_v3")
@@ -48,7 +49,7 @@ class MoCoV3Loss(nn.Module):
         if query.ndim != 3 or query.shape[0] != 2 or key.shape != query.shape:
             raise ValueError(f"loss.moco_v3: expected query and key (2, N, D), got {tuple(query.shape)} and "
                              f"{tuple(key.shape)}")
-        with torch.autocast(query.device.type, enabled=False):
+        with float32_region(query.device):
             q = F.normalize(query.float(), dim=-1)
             k = F.normalize(key.detach().float(), dim=-1)
             k_all = dist.gather_no_grad(k.transpose(0, 1)).detach()  # (G, 2, D): both views in one collective

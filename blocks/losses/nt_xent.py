@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer import dist
+from composer.precision import float32_region
 
 LARGE_NUM = 1e9  # objective.py · LARGE_NUM
 
@@ -52,7 +53,7 @@ class NTXent(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if z.ndim != 3 or z.shape[0] != 2:
             raise ValueError(f"loss.nt_xent: expected z (2, N, D) with the two views first, got {tuple(z.shape)}")
-        with torch.autocast(z.device.type, enabled=False):
+        with float32_region(z.device):
             h = F.normalize(z.float(), dim=-1, eps=1e-6)  # == tf.math.l2_normalize (epsilon 1e-12 on |x|^2)
             h1, h2 = h[0], h[1]  # (N, D)
             n = h1.shape[0]

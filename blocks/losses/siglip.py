@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from blocks.registry import block
 from composer import dist
+from composer.precision import float32_region
 
 
 @block("loss.siglip")
@@ -59,7 +60,7 @@ class SigLIPLoss(nn.Module):
         if image.ndim != 2 or image.shape != text.shape:
             raise ValueError(f"loss.siglip: expected image and text (N, E), got {tuple(image.shape)} and "
                              f"{tuple(text.shape)}")
-        with torch.autocast(image.device.type, enabled=False):
+        with float32_region(image.device):
             img = image.float()
             img = img / (img.norm(dim=-1, keepdim=True) + 1e-8)
             txt = text.float()
