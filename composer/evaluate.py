@@ -26,6 +26,7 @@ def extract_features(
     batch_size: int = 256,
     transform: Callable[[Tensor], Tensor] | None = None,
     device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Run a frozen encoder over a dataset of raw samples, in order.
 
@@ -38,6 +39,7 @@ def extract_features(
             When image sizes differ within a batch it is applied to each image (1, 3, H_i, W_i) and the results
             concatenated, so it must then bring them to one size.
         device: where the encoder runs; default the device of a module's first parameter, else CPU.
+        num_workers: DataLoader worker processes decoding samples.
 
     Returns:
         features: (N, D) float32 on CPU; labels: (N,) int64 on CPU (-1 where unknown).
@@ -53,7 +55,7 @@ def extract_features(
         encoder_fn.eval()
     feats, labels = [], []
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        for batch in DataLoader(dataset, batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate):
             images = batch["image"]
             if isinstance(images, Tensor):
                 inputs = transform(images)
@@ -72,6 +74,11 @@ def extract_features(
 
 
 @torch.no_grad()
+def _check_labels(probe: str, *labels: Tensor) -> None:
+    if any(len(y) and int(y.min()) < 0 for y in labels):
+        raise ValueError(f"{probe}: labels must be class indices >= 0; -1 marks unlabelled data")
+
+
 def knn_probe(
     train_feats: Tensor,
     train_labels: Tensor,
@@ -99,6 +106,7 @@ def knn_probe(
         raise ValueError(f"knn_probe: need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     if len(train_feats) == 0 or len(test_feats) == 0:
         raise ValueError("knn_probe: empty train or test features")
+    _check_labels("knn_probe", train_labels, test_labels)
     train = nn.functional.normalize(train_feats.float(), dim=1)
     test = nn.functional.normalize(test_feats.float(), dim=1)
     train_labels, test_labels = train_labels.long(), test_labels.long()
@@ -135,6 +143,7 @@ def linear_probe(
     """
     if weight_decay < 0 or max_iter < 1:
         raise ValueError(f"linear_probe: need weight_decay >= 0 and max_iter >= 1, got {weight_decay}, {max_iter}")
+    _check_labels("linear_probe", train_labels, test_labels)
     train, test = train_feats.float(), test_feats.float()
     mean, std = train.mean(dim=0), train.std(dim=0, unbiased=False).clamp_min(1e-6)
     train, test = (train - mean) / std, (test - mean) / std

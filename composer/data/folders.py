@@ -18,22 +18,21 @@ import torch
 import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 _EVAL_SPLITS = ("val", "test")  # both name the held-out split of datasets that publish one
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file to uint8 RGB (3, H, W); torchvision's decoders first, PIL for other formats."""
+    """Decode an image file to uint8 RGB (3, H, W) with PIL (grayscale, palette and alpha images become RGB).
+
+    PIL rather than ``torchvision.io``, whose decoders are deprecated from torchvision 0.29.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except RuntimeError:  # formats torchvision cannot decode (BMP, TIFF, ...)
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    with Image.open(path) as img:
+        array = np.array(img.convert("RGB"))  # (H, W, 3), a copy that owns its memory
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _require_dir(path: Path, what: str) -> Path:

@@ -53,7 +53,7 @@ class Shape:
     rotation: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: holds an array, compared by identity
 class Scene:
     """Everything needed to draw one image: the objects (largest first) and the background."""
 
@@ -156,7 +156,7 @@ def _texture(scene: Scene) -> np.ndarray:
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     else:  # gradient
         t = u - u.min()
-        t = t / max(float(t.max()), 1e-6) + np.zeros_like(v)
+        t = t / max(float(t.max()), 1e-6)
     return np.clip(t, 0.0, 1.0, dtype=np.float32)
 
 
@@ -238,7 +238,8 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
 def caption_of(scene: Scene) -> tuple[str, list[list[list[int]]]]:
     """Caption naming every object, and per object the [start, end) span of its phrase.
 
-    >>> "a red star and a small blue ring on a striped background"  # spans: "red star", "small blue ring"
+    Example: "a red star and a small blue ring on a striped background", with spans [[[2, 10]], [[17, 32]]]
+    naming "red star" and "small blue ring".
     """
     text, spans = "", []
     count = len(scene.objects)
