@@ -1,6 +1,8 @@
 """Image encoders from timm, used as feature extractors (classifier removed, no pretrained download)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import timm
 import torch
 from torch import nn
@@ -8,15 +10,18 @@ from torch import nn
 from blocks.registry import block
 
 
-def fold_views(fn, x: torch.Tensor, image_dims: int = 3) -> torch.Tensor:
+def fold_views(fn, x: torch.Tensor, image_dims: int = 3, views: str = "joint") -> torch.Tensor:
     """Apply ``fn`` to ``x`` with any leading view axes folded into the batch: (V, B, *img) → (V, B, *out).
 
-    One forward for all views of one resolution, as DINO's MultiCropWrapper and SimCLR's 2N batch do
-    (BatchNorm statistics are then shared by the views).
+    ``joint``: one forward for all views of one resolution, as DINO's MultiCropWrapper and SimCLR's 2N batch do
+    (BatchNorm statistics are shared by the views). ``separate``: one forward per view, as MoCo v3 and BYOL call
+    the encoder on each view (BatchNorm statistics per view).
     """
     lead = x.shape[: x.dim() - image_dims - 1]
     if not lead:
         return fn(x)
+    if views == "separate":
+        return torch.stack([fold_views(fn, v, image_dims) for v in x.unbind(0)])
     out = fn(x.flatten(0, len(lead)))
     return out.unflatten(0, (*lead, x.shape[len(lead)]))
 
@@ -34,10 +39,13 @@ class TimmEncoder(nn.Module):
         arch: timm model name, e.g. resnet50 (SimCLR, MoCo), vit_small_patch16_224 (DINO, MoCo v3 ViT-S),
             resnet18 for small runs. Weights are randomly initialised; nothing is downloaded.
         model_args: extra keyword arguments for ``timm.create_model`` (drop_path_rate, img_size,
-            zero_init_last ...).
+            dynamic_img_size for DINO's 96 px local crops, zero_init_last ...).
+        views: joint (one forward over all views: SimCLR, DINO) or separate (one forward per view, BatchNorm
+            statistics per view: MoCo v3).
     """
 
-    def __init__(self, *, arch: str, model_args: dict | None = None):
+    def __init__(self, *, arch: str, model_args: dict | None = None,
+                 views: Literal["joint", "separate"] = "joint"):
         super().__init__()
         if not timm.is_model(arch):
             close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
@@ -48,6 +56,7 @@ class TimmEncoder(nn.Module):
         self.net = timm.create_model(arch, pretrained=False, num_classes=0, **args)
         self.arch = arch
         self.dim = self.net.num_features
+        self.views = views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fold_views(self.net, x)
+        return fold_views(self.net, x, views=self.views)

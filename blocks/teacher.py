@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 from torch import nn
 
 from blocks.registry import BlockRef, block
+from composer import dist
 from composer.schedule import Schedule
 
 
@@ -29,11 +31,13 @@ class EMATeacher(nn.Module):
         source: the block to copy and follow (e.g. encoder, projector).
         momentum: m, a number or a schedule. MoCo v1/v2 0.999 constant; MoCo v3 {cosine: [0.99, 1.0]};
             DINO {cosine: [0.996, 1.0]}; I-JEPA {linear: [0.996, 1.0]}.
+        mode: train (the copy follows the model's mode: MoCo's key encoder uses batch statistics) or eval
+            (always in eval mode: DINO builds its ViT teacher without drop path, which eval mode reproduces).
     """
 
     ports_follow_source = True
 
-    def __init__(self, *, source: BlockRef, momentum: Schedule = 0.996):
+    def __init__(self, *, source: BlockRef, momentum: Schedule = 0.996, mode: Literal["train", "eval"] = "train"):
         super().__init__()
         if not isinstance(source, nn.Module):
             raise ValueError(f"teacher.ema: source must be a block, got {source!r}")
@@ -42,7 +46,14 @@ class EMATeacher(nn.Module):
             raise ValueError(f"teacher.ema: momentum must lie in [0, 1], got {self.momentum}")
         self.module = copy.deepcopy(source)
         self.module.requires_grad_(False)
+        self.mode = mode
         object.__setattr__(self, "source", source)  # a reference, not a submodule: its weights are the student's
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.mode == "eval":
+            self.module.eval()
+        return self
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -54,3 +65,36 @@ class EMATeacher(nn.Module):
         student = [p.detach() for p in self.source.parameters()]
         torch._foreach_mul_(teacher, m)
         torch._foreach_add_(teacher, student, alpha=1.0 - m)
+
+
+@block("teacher.ema_shuffled")
+class ShuffledEMATeacher(EMATeacher):
+    """An EMA teacher run on a batch shuffled across ranks: MoCo v1/v2's shuffle-BN.
+
+    With several processes, the key encoder's BatchNorm would otherwise see the same images as the query encoder
+    on each rank, and the model could "cheat" through the batch statistics (MoCo section 3.3). Before the forward
+    the batch is gathered from every rank, permuted with one permutation drawn on rank 0 and broadcast, and each
+    rank encodes its slice; afterwards the outputs are gathered and un-permuted (builder.py ·
+    _batch_shuffle_ddp, _batch_unshuffle_ddp). All gathers are gradient-free: the key branch is stop-gradient.
+    On one process this is the plain EMA teacher.
+
+    Inputs:
+        x: (N, ...) the local batch (no view axis).
+
+    Output: the source block's output for ``x``, rows in the original order.
+
+    Args:
+        source: the block to copy and follow (the encoder).
+        momentum: m (MoCo v1/v2: 0.999).
+        mode: train or eval, as for teacher.ema.
+    """
+
+    def forward(self, x):
+        if not dist.is_distributed():
+            return self.module(x)
+        world, rank = dist.world_size(), dist.rank()
+        everything = dist.gather_no_grad(x)
+        order = dist.broadcast(torch.randperm(everything.shape[0], device=x.device))
+        out = self.module(everything[order.view(world, -1)[rank]])
+        restore = torch.argsort(order)
+        return dist.gather_no_grad(out)[restore.view(world, -1)[rank]]

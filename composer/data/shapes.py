@@ -182,13 +182,17 @@ def render(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
     return image, covers
 
 
-def box_of(cover: np.ndarray) -> list[float]:
-    """Tight xyxy box of the pixels covered at least half (pixel j spans [j, j+1))."""
-    rows = np.flatnonzero((cover >= 0.5).any(axis=1))
-    cols = np.flatnonzero((cover >= 0.5).any(axis=0))
-    if rows.size == 0:  # a sliver smaller than half a pixel: fall back to any coverage
-        rows, cols = np.flatnonzero(cover.any(axis=1)), np.flatnonzero(cover.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+def box_of(cover: np.ndarray, obj: Shape) -> list[float]:
+    """Tight xyxy box of the pixels covered at least half (pixel j spans [j, j+1)).
+
+    A sliver covering no pixel by half falls back to any coverage, and a shape too small to hit a sample point
+    to the bounding square of its disk.
+    """
+    for covered in (cover >= 0.5, cover > 0):
+        rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+        if rows.size:
+            return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+    return [obj.cx - obj.radius, obj.cy - obj.radius, obj.cx + obj.radius, obj.cy + obj.radius]
 
 
 # ---------------------------------------------------------------- scene sampling and captions
@@ -299,7 +303,7 @@ class ShapesDataset(Dataset):
             "image": torch.from_numpy(pixels),
             "label": SHAPES.index(scene.objects[0].shape),
             "caption": caption,
-            "boxes": torch.tensor([box_of(c) for c in covers], dtype=torch.float32),
+            "boxes": torch.tensor([box_of(c, o) for c, o in zip(covers, scene.objects)], dtype=torch.float32),
             "tokens_positive": spans,
         }
 
