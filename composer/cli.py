@@ -74,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Commands implemented in their own modules (each exposes add_arguments(parser) and run(args)).
-_EXTRA_COMMANDS: dict[str, str] = {}
+_EXTRA_COMMANDS: dict[str, str] = {
+    "train": "composer.train_cli",
+    "eval": "composer.eval_cli",
+    "export": "composer.export",
+}
 
 
 def _graph_options(p: argparse.ArgumentParser) -> None:

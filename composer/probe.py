@@ -65,12 +65,8 @@ class ProbeData:
 def features(model, data: ProbeData, device, batch_size: int = 256) -> tuple[Tensor, ...]:
     """(train_feats, train_labels, val_feats, val_labels) of the embedding block on ``data``."""
     embed, transform = Embed(model.embedding_module()), eval_transform(model)
-    threads = torch.get_num_threads()
-    try:
-        a = extract_features(embed, data.train, batch_size, transform, device)
-        b = extract_features(embed, data.val, batch_size, transform, device)
-    finally:
-        torch.set_num_threads(threads)
+    a = extract_features(embed, data.train, batch_size, transform, device)
+    b = extract_features(embed, data.val, batch_size, transform, device)
     return (*a, *b)
 
 

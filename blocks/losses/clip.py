@@ -44,6 +44,8 @@ class CLIPLoss(nn.Module):
         logit_bias: () optional additive logit bias; default none.
     """
 
+    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+
     def forward(self, image: Tensor, text: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None) -> Tensor:
         if image.ndim != 2 or image.shape != text.shape:
             raise ValueError(f"loss.clip: expected image and text (N, E), got {tuple(image.shape)} and "

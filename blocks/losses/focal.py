@@ -46,6 +46,8 @@ class TokenSigmoidFocalLoss(nn.Module):
             a target outside the last ("no object") position.
     """
 
+    reconstructs = True  # a reconstruction target cannot collapse (read by the validator's collapse warning)
+
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
         if not alpha <= 1:

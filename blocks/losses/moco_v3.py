@@ -39,6 +39,8 @@ class MoCoV3Loss(nn.Module):
         key: (2, N, D) momentum-encoder outputs of view 0 and view 1 (``k1``, ``k2``), through ``!sg``.
     """
 
+    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+
     def __init__(self, *, temperature: float = 1.0):
         super().__init__()
         if not temperature > 0:

@@ -44,6 +44,8 @@ class NTXent(nn.Module):
         z: (2, N, D) projection-head outputs of the two views (view axis first; ``z[0]`` is h1).
     """
 
+    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+
     def __init__(self, *, temperature: float = 0.1):
         super().__init__()
         if not temperature > 0:

@@ -49,6 +49,8 @@ class SigLIPLoss(nn.Module):
         logit_bias: () b, the logit bias (init -10; big_vision SigLIP_demo ``bias_init=-10``).
     """
 
+    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+
     def __init__(self, *, chunk_size: int | None = None):
         super().__init__()
         if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 0):

@@ -1,0 +1,75 @@
+"""evaluate a run's encoder: ptc eval RUN --probe knn|linear [--data SPEC] [--random-init]
+
+Rebuilds the encoder from ``RUN/graph.yaml``, loads the newest checkpoint (or ``--checkpoint``), extracts frozen
+features of the training split (the bank / the classifier's training set) and the validation split, and prints
+the top-1 accuracy of a weighted kNN (k=20, T=0.07, DINO's protocol) or a linear probe. ``--random-init`` scores
+the same encoder at the initialisation the run started from (the run's seed), the baseline training must beat.
+"""
+from __future__ import annotations
+
+import argparse
+
+from composer.cli import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder written by ptc train")
+    p.add_argument("--probe", choices=["knn", "linear"], default="knn")
+    p.add_argument("--data", help="data spec (default: the run's training data)")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
+    p.add_argument("--random-init", action="store_true", help="evaluate the encoder at its initialisation")
+    p.add_argument("--n-train", type=int, default=None, help="use at most N training images (default: all)")
+    p.add_argument("--n-val", type=int, default=None, help="use at most N validation images (default: all)")
+    p.add_argument("--k", type=int, default=20, help="neighbours of the kNN probe")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def load_run(run: str, checkpoint_path: str | None = None, random_init: bool = False, device: str = "cpu"):
+    """(model, run options, checkpoint path or None) of a run folder; ``UserError`` when it is unusable."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    import composer
+    from composer import checkpoint, launch
+    run_dir = Path(run)
+    if not (run_dir / "graph.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no graph.yaml); expected the --out folder of ptc train")
+    options = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    spec = composer.load(run_dir / "graph.yaml")
+    launch.seed_all(int(options.get("seed", 0)))  # the run's initialisation, for --random-init
+    model = composer.build(spec, device=torch.device(device), check=False)
+    path = None
+    if not random_init:
+        try:
+            path = checkpoint.resolve(checkpoint_path or run_dir)
+            state = checkpoint.load(path)
+            checkpoint.load_model_state(model, state, path)
+        except checkpoint.CheckpointError as e:
+            raise UserError(str(e)) from None
+    return model, options, path
+
+
+def run(args) -> int:
+    import json
+
+    from composer import probe
+    model, options, path = load_run(args.run, args.checkpoint, args.random_init, args.device)
+    if model.spec.embedding is None:
+        raise UserError(f"{args.run}: the graph names no 'embedding' block to evaluate")
+    spec = args.data or options.get("data") or "shapes"
+    try:
+        data = probe.ProbeData.open(spec, args.n_train, args.n_val)
+        acc = probe.run(model, data, args.probe, args.device, k=args.k)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    where = "random initialisation" if args.random_init else str(path)
+    if args.json:
+        print(json.dumps({"probe": args.probe, "top1": acc, "data": spec, "weights": where,
+                          "n_train": len(data.train), "n_val": len(data.val)}))
+    else:
+        print(f"{args.probe} top-1 {acc:.4f}  ({len(data.train)} train / {len(data.val)} val images of {spec}; "
+              f"{model.spec.embedding} from {where})")
+    return 0
