@@ -27,7 +27,7 @@ class Report:
 
 
 def check(spec: GraphSpec, dry_run: bool = True) -> Report:
-    errors = _structure(spec)
+    errors = _structure(spec) + _train_section(spec)
     if errors:
         raise GraphErrors(errors)
     assign_stages(spec)
@@ -76,6 +76,18 @@ def _structure(spec: GraphSpec) -> list[GraphError]:
             errors.append(GraphError(f"the objective {name!r} is not computed by a loss block", node.loc, node=name,
                                      expected="a value produced by a loss.* block"))
     return errors
+
+
+def _train_section(spec: GraphSpec) -> list[GraphError]:
+    """The ``train:`` mapping (optimizer, schedules, weight-decay rules) is checked with the rest of the graph."""
+    from composer.train_config import parse_train
+    try:
+        parse_train(spec)
+    except GraphErrors as e:
+        return list(e.errors)
+    except GraphError as e:
+        return [e]
+    return []
 
 
 def _from_loss(spec, name, seen=None) -> bool:
