@@ -25,8 +25,6 @@ def test_block_declares_itself(kind):
     assert info.stage in ("data", "model")
     for p in info.params.values():
         assert p.doc, f"{kind}: parameter {p.name!r} is undocumented"
-    assert info.kind.split(".")[0] in ("augment", "encoder", "head", "teacher", "memory", "mask", "tokenizer",
-                                        "loss", "ops")
 
 
 def test_signature_is_the_declaration():
