@@ -4,6 +4,7 @@ Public API::
 
     spec = composer.load("graphs/moco_v2.yaml", overrides=["blocks.queue.size=4096"])
     composer.check(spec)                      # raises GraphErrors with one line per mistake
+    composer.render(spec, "g.svg"); print(composer.explain(spec))
     model = composer.build(spec)              # ComposedModel
     out = model(model.data_stage(raw_batch))  # out.loss, out.values, out.updates
     out.loss.backward(); optimizer.step(); model.update(out, step)
@@ -11,9 +12,12 @@ Public API::
 from __future__ import annotations
 
 from composer.errors import GraphError, GraphErrors, Loc
+from composer.explain import explain
 from composer.model import ComposedModel, Output
+from composer.render import render
 
-__all__ = ["load", "check", "build", "GraphError", "GraphErrors", "Loc", "ComposedModel", "Output"]
+__all__ = ["load", "check", "build", "render", "explain", "train", "GraphError", "GraphErrors", "Loc",
+           "ComposedModel", "Output"]
 
 
 def load(path, overrides=None, variant: str | None = None):
@@ -41,3 +45,10 @@ def build(spec, device=None, check: bool = True) -> ComposedModel:
     data_gm, _ = build_stage(spec, modules, "data")
     model_gm, reads = build_stage(spec, modules, "model")
     return ComposedModel(spec, modules, DataStage(data_gm, spec.inputs), model_gm, reads)
+
+
+def train(spec, **options):
+    """Train ``spec`` (see ``composer.train.TrainOptions`` for the options) → the run folder."""
+    from composer.train import TrainOptions
+    from composer.train import train as run
+    return run(spec, TrainOptions(**options))

@@ -8,6 +8,7 @@ a kind without an entry falls back to the first line of its docstring. ``structu
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from composer.render import format_value, resolve
 from composer.spec import GraphSpec, Node
@@ -117,8 +118,8 @@ def _clip(c: Ctx):
     img, txt, s = c.arg("image"), c.arg("text"), c.arg("logit_scale")
     n = c.d("image", 0, "N")
     bias = " + b" if "logit_bias" in c.edges else ""
-    return [(f"I, T = {img}/‖{img}‖, {txt}/‖{txt}‖", _shape(n, c.d("image", 1, "E")) + " each"),
-            (f"logits_img = exp({s})·I·gather(T)ᵀ{bias},  logits_txt = exp({s})·T·gather(I)ᵀ{bias}",
+    return [(f"x, y = {img}/‖{img}‖, {txt}/‖{txt}‖", _shape(n, c.d("image", 1, "E")) + " each"),
+            (f"logits_img = exp({s})·x·gather(y)ᵀ{bias},  logits_txt = exp({s})·y·gather(x)ᵀ{bias}",
              _shape(n, W_N) + " each"),
             ("loss = ½ (CE(logits_img, i) + CE(logits_txt, i))", "scalar")]
 
@@ -168,8 +169,7 @@ FORWARD = {"loss.info_nce": _info_nce, "loss.dino": _dino, "loss.nt_xent": _nt_x
 # -- state updates -----------------------------------------------------------------------------------------------
 def _ema(c: Ctx):
     source = c.spec.blocks[c.block].source
-    return [(f"θ[{c.block}] ← m·θ[{c.block}] + (1 − m)·θ[{source}],   m = {c.p('momentum')}",
-             "parameters only; buffers follow the teacher's own forward")]
+    return [(f"θ[{c.block}] ← m·θ[{c.block}] + (1 − m)·θ[{source}],   m = {c.p('momentum')}", "parameters only")]
 
 
 def _queue(c: Ctx):
@@ -187,7 +187,19 @@ def _center(c: Ctx):
              "(row sum all-reduced over processes)", c.own_shape() or _shape("1", k))]
 
 
-UPDATE = {"teacher.ema": _ema, "memory.queue": _queue, "memory.center": _center}
+def _dino_temp(c: Ctx):
+    return [(f"τ_t ← teacher_temp at the next step   ({c.p('teacher_temp')})", "scalar")]
+
+
+def _clamp(c: Ctx):
+    lo, hi = c.p("min"), c.p("max")
+    if lo == "None" and hi == "None":
+        return [(f"{c.block} unchanged (no bounds)", "scalar")]
+    return [(f"{c.block} ← clamp({c.block}, {lo if lo != 'None' else '−∞'}, {hi if hi != 'None' else '∞'})",
+             "scalar")]
+
+
+UPDATE = {"ops.scalar": _clamp, "memory.queue": _queue, "memory.center": _center, "loss.dino": _dino_temp}
 
 
 def forward_lines(spec: GraphSpec, node: Node, shapes) -> list[tuple[str, str]]:
@@ -197,10 +209,10 @@ def forward_lines(spec: GraphSpec, node: Node, shapes) -> list[tuple[str, str]]:
 
 def update_lines(spec: GraphSpec, block: str, shapes) -> list[tuple[str, str]]:
     bs = spec.blocks[block]
-    fn = UPDATE.get(bs.kind)
+    fn = _ema if bs.source and bs.info.family == "teacher" else UPDATE.get(bs.kind)
     if fn is not None:
         return fn(Ctx(spec, block, None, shapes, spec.updates.get(block, {})))
-    return [(f"{block}.update(step)   # {bs.info.summary}", "")]
+    return [(f"{block}.update(step)", f"{bs.kind}: {summary(bs.info.summary, 60)}")]
 
 
 def structure(spec: GraphSpec, block: str) -> str:
@@ -217,4 +229,10 @@ def structure(spec: GraphSpec, block: str) -> str:
         return " · ".join(layers) + (f" · BN ({last})" if last != "none" else "")
     if bs.source:
         return f"EMA copy of {bs.source}, no gradient"
-    return bs.info.summary
+    return " ".join(bs.info.doc.split("\n\n", 1)[0].split()) or bs.info.summary  # the first paragraph
+
+
+def summary(text: str, width: int = 0) -> str:
+    """A block's one-line summary without its source references; cut at ``width`` characters if given."""
+    text = re.sub(r"\s*\([^()]*·[^()]*\)?", "", text.replace("``", "")).strip().rstrip(".")
+    return text if not width or len(text) <= width else text[:width - 1].rstrip() + "…"

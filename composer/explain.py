@@ -29,11 +29,12 @@ def explain(spec: GraphSpec, *, flops: bool = True, markdown: bool = False) -> s
     doc = _Doc(markdown)
     doc.title(_title(spec))
     doc.section("Sizes", _sizes(spec, shapes, n), table=("symbol", "value", "meaning"))
-    doc.section("Algorithm (pseudocode in the style of MoCo's Algorithm 1)", pseudocode(spec, shapes, counts), code=True)
-    doc.section("Variables", _variables(spec, shapes, n), table=("value", "computed by", "shape", f"at N = {n}",
-                                                                 "gradient"))
-    doc.section("Blocks", _blocks(spec, counts, cost), table=("block", "kind", "what it computes", "trainable",
-                                                              "frozen", "state", "forward FLOPs"))
+    doc.section("Algorithm (pseudocode in the style of MoCo's Algorithm 1)", pseudocode(spec, shapes, counts),
+                code=True)
+    doc.section("Variables", _variables(spec, shapes, n),
+                table=("value", "computed by", "shape", f"at N = {n}", "gradient"))
+    doc.section("Blocks", _blocks(spec, counts, cost, markdown),
+                table=("block", "kind", "what it computes", "trainable", "frozen", "state", "forward FLOPs"))
     if cost is not None:
         doc.section("Cost per training step", _cost(cost))
     return doc.text()
@@ -94,9 +95,11 @@ def _line(spec: GraphSpec, name: str, shapes, indent: str) -> tuple[str, str]:
             code = f"{name} = {node.block}({_arg(spec, node.inputs[ports[0]])})"
         else:
             code = f"{name} = {node.block}(" + ", ".join(f"{p}={_arg(spec, e)}" for p, e in node.inputs.items()) + ")"
-    comment = f"{name}: {shapes.of(name)}" if shapes is not None and name in shapes.dims else ""
-    if isinstance(shapes.dims.get(name) if shapes is not None else None, dict):
-        comment = shapes.of(name)
+    dims = shapes.dims.get(name) if shapes is not None else None
+    if isinstance(dims, dict):
+        comment = ", ".join(f"{name}.{f}: {shapes.of(name, f)}" for f in dims)
+    else:
+        comment = f"{name}: {shapes.of(name)}" if dims is not None else ""
     return indent + code, comment
 
 
@@ -154,13 +157,14 @@ def _variables(spec: GraphSpec, shapes, n: int) -> list[tuple]:
     return rows
 
 
-def _blocks(spec: GraphSpec, counts: dict, cost) -> list[tuple]:
+def _blocks(spec: GraphSpec, counts: dict, cost, doc_md: bool) -> list[tuple]:
     rows = []
     total = [0, 0, 0]
     for name, bs in spec.blocks.items():
         c = counts.get(name, measure.Counts(0, 0, 0))
         total = [total[0] + c.trainable, total[1] + c.frozen, total[2] + c.buffers]
         what = equations.structure(spec, name)
+        what = equations.summary(what, 0 if doc_md else 60) if not bs.source and bs.kind != "head.mlp" else what
         params = ", ".join(f"{p}={format_value(v)}" for p, v in bs.params.items() if v != bs.source)
         flops = measure.human(cost.per_block[name]) if cost is not None and name in cost.per_block else "—"
         rows.append((name, bs.kind, what + (f" ({params})" if params else ""), _n(c.trainable), _n(c.frozen),
@@ -178,10 +182,14 @@ def _cost(cost) -> list[str]:
     where = (f"at N = {cost.batch} samples per process, counted on the meta device (shapes only, nothing allocated)"
              if cost.where == "meta" else
              f"at the example batch N = {cost.batch}, counted on the CPU (a block has no meta kernel)")
-    return [f"forward   {measure.human(cost.forward)}FLOP",
-            f"backward  {measure.human(cost.backward)}FLOP",
-            f"step      {measure.human(cost.step)}FLOP   {where}; the data stage is not counted; a multiply-add "
-            "counts as 2 FLOPs (torch.utils.flop_counter)"]
+    return [f"forward: {_flop(cost.forward)}", f"backward: {_flop(cost.backward)}", f"step: {_flop(cost.step)}",
+            f"{where}; the data stage is not counted; a multiply-add counts as 2 FLOPs (torch.utils.flop_counter)"]
+
+
+def _flop(x: int) -> str:
+    """``8.33 TFLOP``."""
+    h = measure.human(x)
+    return f"{h[:-1]} {h[-1]}FLOP" if h[-1].isalpha() else f"{h} FLOP"
 
 
 def _title(spec: GraphSpec) -> str:

@@ -15,9 +15,12 @@ and ``Flops.where`` says which. The data stage (augmentations, maskers) is not c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 import re
 
+import numpy as np
 import torch
 
 from composer.spec import GraphSpec
@@ -26,7 +29,7 @@ BATCH = "N"
 EXAMPLES = (2, 3)  # two example batch sizes; 2 is the validator's (BatchNorm needs two values per channel)
 _SYMBOL = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
 _NOT_SYMBOLS = {"A", "I", BATCH}  # articles and the batch symbol
-MIN_SYMBOLIC = 3  # 1 and 2 are too common to mean a parameter (a view axis of 2 is just 2)
+MIN_SYMBOLIC = 4  # 1, 2 and 3 (two views, RGB channels) are too common to stand for a parameter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +129,27 @@ def _dims(v2, v3, named) -> tuple[object, bool]:
 
 
 def example_runs(spec: GraphSpec) -> list[dict[str, object]]:
-    """Every node's value from dry runs at the ``EXAMPLES`` batch sizes (meta tensors in the model stage)."""
+    """Every node's value from dry runs at the ``EXAMPLES`` batch sizes (meta tensors in the model stage).
+
+    Seeded, so random sizes (I-JEPA's mask blocks) come out the same each time and the gallery is
+    reproducible; the caller's random state is restored afterwards."""
     from composer.shapes import dry_run, example_batch
-    return [dry_run(spec, example_batch(spec, n)) for n in EXAMPLES]
+    with _seeded(0):
+        return [dry_run(spec, example_batch(spec, n)) for n in EXAMPLES]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
 def symbolic_shapes(spec: GraphSpec, runs: list[dict] | None = None) -> Shapes:
@@ -193,7 +214,7 @@ def param_counts(spec: GraphSpec, modules: dict[str, torch.nn.Module] | None = N
 def human(n: float) -> str:
     """``23.5M``, ``8.33T``, ``512``: three significant digits with an SI suffix."""
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
+        if abs(n) >= scale * 0.9995:  # 999.6T reads 1P, not 1e+03T
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}" if isinstance(n, float) and n != int(n) else str(int(n))
 

@@ -60,6 +60,7 @@ class Drawing:
     title: str
     nodes: dict[str, DNode]
     edges: list[DEdge]
+    key: str | None = None  # the legend under the title (HTML); None: the standard one
 
 
 # -- from the spec to a drawing ----------------------------------------------------------------------------------
@@ -164,12 +165,12 @@ def _value_label(spec: GraphSpec, edge: Edge, resolved: Edge, shapes, port: str 
     the block has several, and its shape. Generated names of nested calls stay hidden, and so does a name
     the tail node already shows (an input, a memory read by its block's name)."""
     tail = spec.nodes[resolved.src]
-    shown = edge.src in spec.flow_names or edge.src in spec.blocks or edge.src in spec.inputs
-    if tail.kind == "input" or (tail.kind == "call" and tail.name == tail.block and edge.src == tail.name):
-        shown = shown and edge.field is not None
-    text = (edge.src + (f".{edge.field}" if edge.field else "")) if shown else ""
+    named = edge.src in spec.flow_names or edge.src in spec.blocks or edge.src in spec.inputs
+    name = (edge.src + (f".{edge.field}" if edge.field else "")) if named else ""
+    shown = tail.kind != "input" and not (tail.kind == "call" and tail.name == tail.block == edge.src)
+    text = name if shown or edge.field else ""
     if resolved.sg:
-        text = f"sg({text})" if text else "sg"
+        text = f"sg({name})" if name else "sg"
     if port is not None and ports > 1:
         text = f"{text} → {port}" if text else f"→ {port}"
     lines = [text] if text else []
@@ -264,7 +265,7 @@ REGIONS = {"data": "data stage (DataLoader workers)", "model": "model stage (dev
 def to_dot(d: Drawing, legend: bool = True) -> graphviz.Digraph:
     g = graphviz.Digraph(d.name, graph_attr={
         "rankdir": "LR", "fontname": FONT, "fontsize": "12", "nodesep": "0.3", "ranksep": "0.45",
-        "labelloc": "t", "labeljust": "l", "newrank": "true", "label": f"<{_header(d.title, legend)}>"},
+        "labelloc": "t", "labeljust": "l", "newrank": "true", "label": f"<{_header(d.title, legend, d.key)}>"},
         node_attr={"fontname": FONT, "fontsize": "11", "shape": "box", "style": "rounded,filled",
                    "margin": "0.12,0.05"},
         edge_attr={"fontname": FONT, "fontsize": "9", "arrowsize": "0.7"})
@@ -296,10 +297,10 @@ def _node(g: graphviz.Digraph, n: DNode) -> None:
     g.node(n.id, label=f"<{n.label}>", **{"class": n.cls, **n.attrs})
 
 
-def _header(title: str, legend: bool) -> str:
+def _header(title: str, legend: bool, key: str | None = None) -> str:
     if not legend:
         return title
-    key = (f'<font color="{SG_COLOR}">⊣── sg: stop-gradient</font>   '
+    key = key or (f'<font color="{SG_COLOR}">⊣── sg: stop-gradient</font>   '
            f'<font color="{EMA_COLOR}">- - ▷ EMA: momentum copy</font>   '
            f'<font color="{UPDATE_COLOR}">······ update after the optimizer step</font>   '
            f'shaded: no gradient')
