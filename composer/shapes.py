@@ -69,7 +69,7 @@ class _Recorder(fx.Interpreter):
             for port, arg in n.kwargs.items():
                 src = _source(arg)
                 if src is not None and src.name in self.values:
-                    feeds.append(f"input {port!r} from node '{_spec_name(src)}' has shape {describe(self.values[src.name])}")
+                    feeds.append(f"input {port!r} from node '{src.name}' has shape {describe(self.values[src.name])}")
             detail = "; ".join(feeds)
             return GraphError(f"'{n.target}' ({kind}) fails: {what}" + (f" ({detail})" if detail else ""), loc,
                               node=name, expected="inputs whose shapes the block accepts")
@@ -80,10 +80,6 @@ def _source(arg):
     while isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target == "detach":
         arg = arg.args[0]
     return arg if isinstance(arg, fx.Node) else None
-
-
-def _spec_name(node: fx.Node) -> str:
-    return node.name
 
 
 def _to_meta(value):
