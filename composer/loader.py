@@ -177,34 +177,34 @@ def read_file(path: str | os.PathLike) -> Located:
     return parse_text(text, shown)
 
 
-def merge(base: Located, over: Located, prefix: tuple = ()) -> Located:
+def merge(base: Located, over: Located) -> Located:
     """Deep-merge ``over`` onto ``base``: mappings merge key by key, anything else replaces, ``null`` deletes."""
     data = copy.deepcopy(base.data)
     locs = dict(base.locs)
 
-    def drop(path):
+    def replace_locs(path: tuple, source: dict | None) -> None:
         for k in [k for k in locs if k[: len(path)] == path]:
             del locs[k]
+        for k, v in (source or {}).items():
+            if k[: len(path)] == path:
+                locs[k] = v
 
-    def walk(dst: dict, src: dict, path: tuple):
+    def walk(dst: dict, src: dict, path: tuple) -> None:
         for key, value in src.items():
             p = path + (key,)
             if value is None:
                 dst.pop(key, None)
-                drop(p)
+                replace_locs(p, None)
             elif isinstance(value, dict) and isinstance(dst.get(key), dict):
-                locs[p] = over.locs.get(p[len(prefix):], locs.get(p))
+                locs[p] = over.locs.get(p, locs.get(p))
                 walk(dst[key], value, p)
             else:
                 dst[key] = copy.deepcopy(value)
-                drop(p)
-                for k, v in over.locs.items():
-                    if k[: len(p) - len(prefix)] == p[len(prefix):]:
-                        locs[prefix + k] = v
+                replace_locs(p, over.locs)
 
     if not isinstance(over.data, dict):
         raise GraphError("an override must be a mapping", over.loc())
-    walk(data, over.data, prefix)
+    walk(data, over.data, ())
     return Located(data, locs)
 
 
