@@ -8,6 +8,8 @@ Public API::
     model = composer.build(spec)              # ComposedModel
     out = model(model.data_stage(raw_batch))  # out.loss, out.values, out.updates
     out.loss.backward(); optimizer.step(); model.update(out, step)
+
+Training: ``composer.train.train(spec, composer.train.TrainOptions(...))`` or ``ptc train``.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from composer.explain import explain
 from composer.model import ComposedModel, Output
 from composer.render import render
 
-__all__ = ["load", "check", "build", "render", "explain", "train", "GraphError", "GraphErrors", "Loc",
+__all__ = ["load", "check", "build", "render", "explain", "GraphError", "GraphErrors", "Loc",
            "ComposedModel", "Output"]
 
 
@@ -46,9 +48,3 @@ def build(spec, device=None, check: bool = True) -> ComposedModel:
     model_gm, reads = build_stage(spec, modules, "model")
     return ComposedModel(spec, modules, DataStage(data_gm, spec.inputs), model_gm, reads)
 
-
-def train(spec, **options):
-    """Train ``spec`` (see ``composer.train.TrainOptions`` for the options) → the run folder."""
-    from composer.train import TrainOptions
-    from composer.train import train as run
-    return run(spec, TrainOptions(**options))

@@ -18,6 +18,7 @@ ordered first and run with grad disabled, so ``gm.code`` reads like the hand-wri
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
 
@@ -80,28 +81,29 @@ def execution_order(spec: GraphSpec, nodes: list[str]) -> list[str]:
 
 
 def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> dict[str, nn.Module]:
-    """Instantiate every block (sources before the wrappers that copy them) on ``device``."""
-    order = list(spec.blocks)
-    order.sort(key=lambda b: spec.blocks[b].source is not None)  # wrappers last; chains resolved below
+    """Instantiate every block, sources before the wrappers that copy them.
+
+    Model-stage blocks are built on ``device``; data-stage blocks always on the CPU, because they run in
+    DataLoader workers (a CUDA tensor held by a transform would crash forked workers).
+    """
     built: dict[str, nn.Module] = {}
-    pending = list(order)
-    with torch.device(device) if device is not None else _nullcontext():
-        while pending:
-            progress = False
-            for name in list(pending):
-                bs = spec.blocks[name]
-                if bs.source is not None and bs.source not in built:
-                    continue
-                try:
+    pending = sorted(spec.blocks, key=lambda b: spec.blocks[b].source is not None)  # wrappers last
+    while pending:
+        ready = [n for n in pending if spec.blocks[n].source is None or spec.blocks[n].source in built]
+        if not ready:
+            raise GraphErrors([GraphError("blocks copy each other in a cycle: " + ", ".join(pending),
+                                          spec.blocks[pending[0]].loc, node=pending[0])])
+        for name in ready:
+            bs = spec.blocks[name]
+            where = "cpu" if bs.info.stage == "data" else device
+            try:
+                with torch.device(where) if where is not None else contextlib.nullcontext():
                     built[name] = bs.info.cls(**block_kwargs(bs, built))
-                except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
-                    what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    raise GraphErrors([GraphError(f"cannot build {bs.kind}: {what}", bs.loc, node=name,
-                                                  expected="parameters the block accepts (see 'ptc blocks')")]) from e
-                pending.remove(name)
-                progress = True
-            if not progress:
-                raise ValueError("blocks refer to each other in a cycle: " + ", ".join(pending))
+            except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
+                what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise GraphErrors([GraphError(f"cannot build {bs.kind}: {what}", bs.loc, node=name,
+                                              expected="parameters the block accepts (see 'ptc blocks')")]) from e
+            pending.remove(name)
     return built
 
 
@@ -124,14 +126,6 @@ def _is_tuple(ann) -> bool:
     import typing
     return ann is tuple or typing.get_origin(ann) is tuple or any(
         typing.get_origin(a) is tuple for a in typing.get_args(ann))
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def build_stage(spec: GraphSpec, modules: dict[str, nn.Module], stage: str) -> tuple[fx.GraphModule, list[str]]:

@@ -13,7 +13,7 @@ from composer.cli import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder written by ptc train")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by ptc train")
     p.add_argument("--probe", choices=["knn", "linear"], default="knn")
     p.add_argument("--data", help="data spec (default: the run's training data)")
     p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
@@ -40,7 +40,7 @@ def load_run(run: str, checkpoint_path: str | None = None, random_init: bool = F
     options = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     spec = composer.load(run_dir / "graph.yaml")
     launch.seed_all(int(options.get("seed", 0)))  # the run's initialisation, for --random-init
-    model = composer.build(spec, device=torch.device(device), check=False)
+    model = composer.build(spec, check=False).to(torch.device(device))  # CPU init, as in training
     path = None
     if not random_init:
         try:
@@ -56,9 +56,9 @@ def run(args) -> int:
     import json
 
     from composer import probe
-    model, options, path = load_run(args.run, args.checkpoint, args.random_init, args.device)
+    model, options, path = load_run(args.run_dir, args.checkpoint, args.random_init, args.device)
     if model.spec.embedding is None:
-        raise UserError(f"{args.run}: the graph names no 'embedding' block to evaluate")
+        raise UserError(f"{args.run_dir}: the graph names no 'embedding' block to evaluate")
     spec = args.data or options.get("data") or "shapes"
     try:
         data = probe.ProbeData.open(spec, args.n_train, args.n_val)

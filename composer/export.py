@@ -31,17 +31,17 @@ from composer.cli import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder written by ptc train")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by ptc train")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
     p.add_argument("--checkpoint", help="checkpoint file (default: the run's newest)")
 
 
 def run(args) -> int:
     from composer.eval_cli import load_run
-    model, _, path = load_run(args.run, args.checkpoint)
+    model, _, path = load_run(args.run_dir, args.checkpoint)
     name = model.spec.embedding
     if name is None:
-        raise UserError(f"{args.run}: the graph names no 'embedding' block to export")
+        raise UserError(f"{args.run_dir}: the graph names no 'embedding' block to export")
     tensors, meta, timm_model = timm_state(model.embedding_module(), model.spec.blocks[name].params)
     meta.update({"graph": model.spec.name, "block": name, "checkpoint": str(path)})
     _verify(model.embedding_module(), timm_model)

@@ -49,8 +49,9 @@ def write_run_files(run_dir: Path, spec, options: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "graph.yaml").write_text(graph_yaml(spec.data))
     (run_dir / "run.json").write_text(json.dumps(options, indent=2, default=str) + "\n")
-    try:
-        from composer import render
+    import importlib
+    try:  # the module, not the `composer.render` function the package may export under the same name
+        render = importlib.import_module("composer.render")
     except ImportError:  # the renderer is optional (graphviz); the run does not depend on it
         return
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,7 @@ class TrainOptions:
     precision: str = "fp32"          # fp32 | bf16 (autocast; losses compute in float32)
     compile: bool = False            # torch.compile the model stage
     workers: int = 2                 # DataLoader worker processes (0: data stage in the main process)
+    threads: int = 0                 # intra-op threads of the training process; 0: launch.choose_threads
     resume: bool | str = False       # True: newest checkpoint of ``out`` if any; a path: that run or checkpoint
     ckpt_every: int = 0              # steps between checkpoints; 0: at the end of every epoch
     keep: int = 2                    # checkpoints kept
@@ -65,6 +67,7 @@ class TrainOptions:
     profile: bool = False            # torch.profiler traces of steps 2-4 into RUN/profile
     progress: bool = True
     tensorboard: bool = True
+    check: bool = True               # validate the graph (static checks and a dry run) before building it
 
 
 def train(spec, opts: TrainOptions | None = None) -> Path:
@@ -72,9 +75,12 @@ def train(spec, opts: TrainOptions | None = None) -> Path:
     opts = opts or TrainOptions()
     cfg = parse_train(spec)
     env = launch.init(opts.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(launch.choose_threads(opts.threads, opts.workers))
     try:
         return _train(spec, cfg, opts, env)
     finally:
+        torch.set_num_threads(threads)
         launch.close(env)
 
 
@@ -91,9 +97,16 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     spe = steps_per_epoch(len(dataset), cfg.batch_size)
     total = cfg.steps or cfg.epochs * spe
 
-    # ---- model: the same seed on every rank gives the same initialisation
+    # ---- model: the same seed on every rank gives the same initialisation (checked first: the validator's
+    # dry run must not move the generator, so `ptc eval --random-init` can rebuild this exact start)
+    if opts.check:
+        for warning in composer.check(spec).warnings:
+            if main:
+                print(warning, file=sys.stderr)
+    # built on the CPU, then moved: the data stage must stay on the CPU (DataLoader workers cannot touch CUDA,
+    # and torchvision keeps tensors in its transforms), and the initial weights do not depend on the device
     launch.seed_all(opts.seed)
-    model = composer.build(spec, device=env.device)
+    model = composer.build(spec, check=False).to(env.device)
     model.bind_schedules(total, spe)
     lr_schedule, wd_schedule = cfg.lr.bind(total, spe), cfg.weight_decay.bind(total, spe)
     lr_factor = cfg.lr_factor()
@@ -126,16 +139,15 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
         model.compile()
     ddp = model
     if env.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ddp = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                  broadcast_buffers=False)
+        ddp = _wrap_ddp(model, env)
 
     loader, _ = make_loader(dataset, model.data_stage, model.model_inputs, batch_size=cfg.batch_size,
                             accumulate=cfg.accumulate, world_size=env.world_size, rank=env.rank, seed=opts.seed,
                             start_step=start, total_steps=total, num_workers=opts.workers,
                             pin_memory=env.device.type == "cuda")
     run_options = {**dataclasses.asdict(opts), "data": data_spec, "out": str(run_dir), "graph": spec.path,
-                   "world_size": env.world_size, "micro_batch": micro, "steps_per_epoch": spe, "total_steps": total}
+                   "world_size": env.world_size, "micro_batch": micro, "steps_per_epoch": spe, "total_steps": total,
+                   "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
     if main:
         write_run_files(run_dir, spec, run_options)
     log = RunLog(run_dir, main, total, start, resumed=resume_from is not None, progress=opts.progress,
@@ -231,17 +243,41 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     return run_dir
 
 
+def _wrap_ddp(model, env: launch.Launch):
+    """DDP without re-sending buffers every forward: memories (a 65536x128 queue is 32 MB) stay identical on all
+    ranks because their updates gather from every rank. No find_unused_parameters: EMA teachers do not require
+    grad and are outside the buckets. torch 2.14 renames the switch ``forward_sync_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return DDP(model, device_ids=ids, forward_sync_buffers=False)
+    return DDP(model, device_ids=ids, broadcast_buffers=False)
+
+
 def _resume_target(run_dir: Path, opts: TrainOptions, env: launch.Launch) -> Path | None:
     """The checkpoint to resume from, None to start afresh; refuse to overwrite a run that has checkpoints."""
     if isinstance(opts.resume, str) and opts.resume:
         return checkpoint.resolve(opts.resume)
     found = checkpoint.latest(run_dir)
-    if opts.resume is True or env.restarted:
+    if opts.resume is True or (env.restarted and _same_elastic_job(run_dir)):
         return found
     if found is not None:
         raise TrainError(f"{run_dir} already holds checkpoints ({found.name}); pass --resume to continue that run "
                          f"or --out to start another")
     return None
+
+
+def _same_elastic_job(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was started by this torchrun job (its rendezvous id), so a restarted worker resumes
+    its own run and never an older run it was refusing to overwrite."""
+    import json
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text()).get("elastic_run_id")
+    except (OSError, ValueError):
+        return False
+    return recorded is not None and recorded == os.environ.get("TORCHELASTIC_RUN_ID")
 
 
 def _save(run_dir: Path, model, optimizer, step: int, spe: int, env: launch.Launch, run_options: dict,

@@ -141,5 +141,8 @@ def make_loader(dataset: Dataset, data_stage, keep: list[str], *, batch_size: in
         collate_fn=StageCollate(data_stage, seed, rank, keep, in_worker=num_workers > 0),
         worker_init_fn=_worker_init if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,
+        # its own generator: starting an iterator must not draw from the global stream, whose state a resumed
+        # run restores from the checkpoint (the batches' randomness is seeded per batch anyway)
+        generator=torch.Generator().manual_seed(seed),
     )
     return loader, sampler
