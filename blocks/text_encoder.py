@@ -74,7 +74,8 @@ class TextTransformer(nn.Module):
         width: transformer width W (CLIP ViT-B/32 512; text heads are W / 64 there).
         layers: transformer blocks L (CLIP 12).
         heads: attention heads; must divide ``width`` (CLIP 8 at width 512).
-        output_dim: size of the pooled embedding E after the projection (CLIP ViT-B/32 512).
+        output_dim: size of the pooled embedding E after the projection (CLIP ViT-B/32 512); 0 for no
+            projection (pooled = the picked token's features, E = W; GLIP reads only the token features).
         attention: causal (CLIP: ``build_attention_mask``, -inf above the diagonal), bidirectional (SigLIP:
             every token sees every position, padding included) or padding (BERT, GLIP: every token sees the real
             tokens, mask from the ``mask`` input).
@@ -87,7 +88,7 @@ class TextTransformer(nn.Module):
         ids: (B, T) int64 token ids.
         mask: (B, T) optional, 1 on real tokens; required by ``attention: padding``.
 
-    Output: ``TextFeatures(pooled (B, E), tokens (B, T, W))``.
+    Output: ``TextFeatures(pooled (B, E), tokens (B, T, W))``; E = W when ``output_dim`` is 0.
     """
 
     def __init__(self, *, vocab_size: int = VOCAB_SIZE, context_length: int = 77, width: int = 512,
@@ -98,8 +99,9 @@ class TextTransformer(nn.Module):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("context_length", context_length), ("width", width),
                             ("layers", layers), ("heads", heads), ("output_dim", output_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"encoder.text: {name} must be a positive int, got {value!r}")
+            least = 0 if name == "output_dim" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"encoder.text: {name} must be an int >= {least}, got {value!r}")
         if width % heads:
             raise ValueError(f"encoder.text: heads ({heads}) must divide width ({width})")
         if attention not in ("causal", "bidirectional", "padding"):
@@ -114,7 +116,8 @@ class TextTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, activation) for _ in range(layers))
         self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Linear(width, output_dim, bias=proj_bias)
+        # No projection at all when output_dim is 0: an unused Linear would break DDP (unused parameters).
+        self.text_projection = nn.Linear(width, output_dim, bias=proj_bias) if output_dim else nn.Identity()
         causal = torch.full((context_length, context_length), float("-inf")).triu_(1)
         self.register_buffer("causal_mask", causal, persistent=False)  # a constant, not state
         self._init_parameters(layers)
@@ -132,6 +135,8 @@ class TextTransformer(nn.Module):
             nn.init.zeros_(blk.out_proj.bias)
             nn.init.normal_(blk.mlp[0].weight, std=fc_std)
             nn.init.normal_(blk.mlp[2].weight, std=proj_std)
+        if isinstance(self.text_projection, nn.Identity):
+            return
         nn.init.normal_(self.text_projection.weight, std=self.width ** -0.5)
         if self.text_projection.bias is not None:
             nn.init.zeros_(self.text_projection.bias)

@@ -28,9 +28,6 @@ from torch import Tensor, nn
 from blocks.registry import block
 from composer.schedule import Schedule
 
-MAKE_TOKENIZER = "ptc train graphs/beit_tokenizer.yaml"  # the command that writes the default checkpoint
-
-
 class ResBlock(nn.Module):
     """DiscreteVAE's residual block: Conv3×3-ReLU-Conv3×3-ReLU-Conv1×1, plus the input."""
 
@@ -78,6 +75,7 @@ def _check_arch(kind: str, num_tokens: int, codebook_dim: int, num_layers: int, 
 class DVAEOutput(NamedTuple):
     recon: Tensor  # (B, C, T, T) decoder output, in the input's value range
     logits: Tensor  # (B, K, T/2^n, T/2^n) encoder logits over the codebook
+    pooled: Tensor  # (B, K) code probabilities averaged over the grid: a bag-of-visual-words embedding
 
 
 @block("tokenizer.dvae")
@@ -90,6 +88,8 @@ class DiscreteVAE(nn.Module):
 
     The Gumbel temperature is a schedule; its current value sits in a buffer that ``update`` advances after
     each optimizer step (DALL-E anneals τ from 1 to 1/16; BEiT's ``DiscreteVAE`` default is a constant 0.9).
+    ``pooled`` (the mean of ``softmax(logits)`` over the grid) is what probes read when the tokenizer graph
+    is evaluated: how well a bag of its visual words separates the classes.
 
     Args:
         num_tokens: codebook size K, BEiT's visual vocabulary (8192 for DALL-E's dVAE; ``DiscreteVAE``
@@ -123,7 +123,7 @@ class DiscreteVAE(nn.Module):
         logits = self.encoder(image)  # (B, K, h, w)
         z = gumbel_softmax(logits, self.temperature_now, self.straight_through)
         mixed = torch.einsum("bkhw,kd->bdhw", z, self.codebook.weight)  # (B, D, h, w)
-        return DVAEOutput(self.decoder(mixed), logits)
+        return DVAEOutput(self.decoder(mixed), logits, logits.softmax(dim=1).mean(dim=(2, 3)))
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -170,6 +170,8 @@ class FrozenTokenizer(nn.Module):
     Args:
         checkpoint: where the trained tokenizer is (default ``runs/beit_tokenizer``, the run folder that
             ``ptc train graphs/beit_tokenizer.yaml`` writes).
+        made_by: the command that writes ``checkpoint``, quoted by the error when it is missing
+            ("ptc train graphs/beit_tokenizer.yaml").
         source: the dVAE's block name in the tokenizer graph ("tokenizer").
         num_tokens: vocabulary size K (8192 for DALL-E's dVAE); must match the checkpoint and ``head.beit_lm``.
         num_layers: stride-2 stages of the encoder (3: 112 px → 14×14 ids).
@@ -181,14 +183,15 @@ class FrozenTokenizer(nn.Module):
     Returns (B, (T/2^n)²) long ids, row-major over the grid.
     """
 
-    def __init__(self, *, checkpoint: str = "runs/beit_tokenizer", source: str = "tokenizer",
+    def __init__(self, *, checkpoint: str = "runs/beit_tokenizer",
+                 made_by: str = "ptc train graphs/beit_tokenizer.yaml", source: str = "tokenizer",
                  num_tokens: int = 512, num_layers: int = 3, hidden_dim: int = 64):
         super().__init__()
         _check_arch("tokenizer.frozen", num_tokens, 1, num_layers, hidden_dim)
         self.num_layers, self.checkpoint = num_layers, checkpoint
         self.encoder = dvae_encoder(num_tokens, num_layers, hidden_dim)
         if torch.empty(0).device.type != "meta":  # the dry run builds on meta: shapes only, nothing to read
-            self.encoder.load_state_dict(_encoder_state(checkpoint, source, self.encoder))
+            self.encoder.load_state_dict(_encoder_state(checkpoint, made_by, source, self.encoder))
         self.requires_grad_(False)
         self.eval()
 
@@ -201,21 +204,21 @@ class FrozenTokenizer(nn.Module):
             return self.encoder(image).argmax(dim=1).flatten(1)  # (B, h·w)
 
 
-def _encoder_state(checkpoint: str, source: str, encoder: nn.Module) -> dict:
+def _encoder_state(checkpoint: str, made_by: str, source: str, encoder: nn.Module) -> dict:
     """The encoder's state dict from ``checkpoint`` (run folder, run checkpoint or bare dVAE state dict)."""
     path = Path(checkpoint)
     if path.is_dir():
         found = sorted((path / "checkpoints").glob("step-*.pt"))  # zero-padded step numbers sort in order
         if not found:
-            raise ValueError(_missing(checkpoint, "the folder holds no checkpoints/step-*.pt"))
+            raise ValueError(_missing(checkpoint, made_by, "the folder holds no checkpoints/step-*.pt"))
         path = found[-1]
     elif not path.is_file():
-        raise ValueError(_missing(checkpoint, "no such file or folder"))
+        raise ValueError(_missing(checkpoint, made_by, "no such file or folder"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: one line naming it
         raise ValueError(f"tokenizer.frozen: cannot read {path} ({type(e).__name__}); remake it with "
-                         f"`{MAKE_TOKENIZER}`") from None
+                         f"`{made_by}`") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a pretext-composer run checkpoint
         prefix = source + "."
         state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
@@ -236,6 +239,6 @@ def _encoder_state(checkpoint: str, source: str, encoder: nn.Module) -> dict:
     return state
 
 
-def _missing(checkpoint: str, why: str) -> str:
+def _missing(checkpoint: str, made_by: str, why: str) -> str:
     return (f"tokenizer.frozen: no tokenizer checkpoint at {os.fspath(checkpoint)!r} ({why}); make it with "
-            f"`{MAKE_TOKENIZER}`, or point blocks.tokenizer.checkpoint at one with --set")
+            f"`{made_by}`, or point the block's checkpoint at one with --set")

@@ -78,6 +78,10 @@ _EXTRA_COMMANDS: dict[str, str] = {
     "train": "composer.train_cli",
     "eval": "composer.eval_cli",
     "export": "composer.export",
+    "render": "composer.render_cli",
+    "explain": "composer.explain_cli",
+    "diff": "composer.diff_cli",
+    "zeroshot": "composer.zeroshot",
 }
 
 
