@@ -33,11 +33,15 @@ class EMATeacher(nn.Module):
             DINO {cosine: [0.996, 1.0]}; I-JEPA {linear: [0.996, 1.0]}.
         mode: train (the copy follows the model's mode: MoCo's key encoder uses batch statistics) or eval
             (always in eval mode: DINO builds its ViT teacher without drop path, which eval mode reproduces).
+        momentum_at: which step's momentum the post-step update uses. completed: m(t) after optimizer step t
+            (DINO, I-JEPA). next: m(t+1), the value MoCo v3 applies inside the forward of iteration t+1 before
+            computing its keys (builder.py · MoCo.forward), so a scheduled momentum is not one step late.
     """
 
     ports_follow_source = True
 
-    def __init__(self, *, source: BlockRef, momentum: Schedule = 0.996, mode: Literal["train", "eval"] = "train"):
+    def __init__(self, *, source: BlockRef, momentum: Schedule = 0.996, mode: Literal["train", "eval"] = "train",
+                 momentum_at: Literal["completed", "next"] = "completed"):
         super().__init__()
         if not isinstance(source, nn.Module):
             raise ValueError(f"teacher.ema: source must be a block, got {source!r}")
@@ -47,6 +51,7 @@ class EMATeacher(nn.Module):
         self.module = copy.deepcopy(source)
         self.module.requires_grad_(False)
         self.mode = mode
+        self.offset = 1 if momentum_at == "next" else 0
         object.__setattr__(self, "source", source)  # a reference, not a submodule: its weights are the student's
 
     def train(self, mode: bool = True):
@@ -60,7 +65,7 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        m = self.momentum.at(step)
+        m = self.momentum.at(step + self.offset)
         teacher = [p for p in self.module.parameters()]
         student = [p.detach() for p in self.source.parameters()]
         torch._foreach_mul_(teacher, m)
