@@ -92,6 +92,7 @@ class ShuffledEMATeacher(EMATeacher):
         source: the block to copy and follow (the encoder).
         momentum: m (MoCo v1/v2: 0.999).
         mode: train or eval, as for teacher.ema.
+        momentum_at: completed or next, as for teacher.ema (MoCo v1/v2's constant momentum makes them equal).
     """
 
     def forward(self, x):

@@ -213,6 +213,7 @@ def run(args) -> int:
               f"{result['prior_box_recall']:.4f}  ({result['phrases']} phrases in {len(data)} images of {spec}; "
               f"weights: {where})")
     else:
+        shown = list(result["templates"]) if len(result["templates"]) <= 3 else f"{len(result['templates'])} templates"
         print(f"zero-shot top-1 {result['top1']:.4f}  chance {result['chance']:.4f}  ({len(data)} images of {spec}; "
-              f"templates {list(result['templates'])}; weights: {where})")
+              f"templates {shown}; weights: {where})")
     return 0
