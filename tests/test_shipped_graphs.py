@@ -31,7 +31,12 @@ def test_tiny_variant_steps(path):
     if "tiny" not in (composer.load(path).data.get("variants") or {}):
         pytest.skip("no tiny variant")
     torch.manual_seed(0)
-    model = composer.build(spec)
+    try:
+        model = composer.build(spec)
+    except composer.GraphErrors as e:
+        if "no tokenizer checkpoint" in str(e):  # BEiT needs its trained tokenizer (test_masked_graphs makes one)
+            pytest.skip(str(e.errors[0].message))
+        raise
     model.bind_schedules(total_steps=10, steps_per_epoch=5)
     batch = model.data_stage(example_batch(spec, 4))
     out = model(batch)
