@@ -10,16 +10,22 @@ from torch import nn
 from blocks.registry import block
 
 
-def fold_views(fn, x: torch.Tensor, image_dims: int = 3, views: str = "joint") -> torch.Tensor:
+def fold_views(fn, x: torch.Tensor, image_dims: int = 3, views: str = "joint",
+               empty_dim: int | None = None) -> torch.Tensor:
     """Apply ``fn`` to ``x`` with any leading view axes folded into the batch: (V, B, *img) → (V, B, *out).
 
     ``joint``: one forward for all views of one resolution, as DINO's MultiCropWrapper and SimCLR's 2N batch do
     (BatchNorm statistics are shared by the views). ``separate``: one forward per view, as MoCo v3 and BYOL call
     the encoder on each view (BatchNorm statistics per view).
+
+    Zero views (DINO with ``local_crops: 0``) give an empty (0, B, empty_dim) without calling ``fn``: networks
+    cannot run an empty batch (a ViT cannot reshape 0 elements) and BatchNorm must not see one.
     """
     lead = x.shape[: x.dim() - image_dims - 1]
     if not lead:
         return fn(x)
+    if x.numel() == 0 and empty_dim is not None:
+        return x.new_zeros(*x.shape[: x.dim() - image_dims], empty_dim)
     if views == "separate":
         return torch.stack([fold_views(fn, v, image_dims) for v in x.unbind(0)])
     out = fn(x.flatten(0, len(lead)))
@@ -59,4 +65,4 @@ class TimmEncoder(nn.Module):
         self.views = views
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fold_views(self.net, x, views=self.views)
+        return fold_views(self.net, x, views=self.views, empty_dim=self.dim)

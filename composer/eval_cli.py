@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=None, help="use at most N training images (default: all)")
     p.add_argument("--n-val", type=int, default=None, help="use at most N validation images (default: all)")
     p.add_argument("--k", type=int, default=20, help="neighbours of the kNN probe")
+    p.add_argument("--embedding", metavar="BLOCK",
+                   help="probe this block instead of the graph's 'embedding:' (e.g. DINO's teacher_encoder, "
+                        "what DINO's eval_knn.py reads with its default --checkpoint_key teacher)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print a JSON object")
 
@@ -57,6 +60,11 @@ def run(args) -> int:
 
     from composer import probe
     model, options, path = load_run(args.run_dir, args.checkpoint, args.random_init, args.device)
+    if args.embedding:
+        if args.embedding not in model.spec.blocks:
+            raise UserError(f"{args.run_dir}: --embedding {args.embedding!r} is not a block of graph "
+                            f"{model.spec.name!r} (blocks: {', '.join(model.spec.blocks)})")
+        model.spec.embedding = args.embedding
     if model.spec.embedding is None:
         raise UserError(f"{args.run_dir}: the graph names no 'embedding' block to evaluate")
     spec = args.data or options.get("data") or "shapes"

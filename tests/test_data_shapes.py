@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from composer.data import ShapesDataset, collate, example_batch, open_dataset
-from composer.data.shapes import COLOURS, SHAPES, TEXTURES
+from composer.data.shapes import CAPTION_OPENINGS, COLOURS, SHAPES, TEXTURES
 from composer.evaluate import knn_probe, linear_probe
 
 PHRASE = re.compile(r"^(small )?(\w+) (\w+)$")
@@ -60,8 +60,8 @@ def test_caption_spans_name_each_object():
     for i in range(len(ds)):
         s, scene = ds[i], ds.scene(i)
         caption = s["caption"]
-        assert re.search(rf" on a ({'|'.join(TEXTURES)}) background$", caption), caption
-        assert caption.endswith(f"on a {scene.texture} background")
+        assert caption.startswith(scene.caption_opening) and scene.caption_opening in CAPTION_OPENINGS
+        assert caption.endswith(f"on a {scene.texture} background") == scene.caption_background
         for j, (spans, obj) in enumerate(zip(s["tokens_positive"], scene.objects)):
             assert len(spans) == 1
             start, end = spans[0]
@@ -168,7 +168,7 @@ def _shape_features(images: torch.Tensor, samples: list[dict], radii: int = 12, 
     n, _, size, _ = images.shape
     masks = torch.zeros(n, 1, size, size)
     for i, s in enumerate(samples):
-        colour = torch.tensor(COLOURS[s["caption"].split()[1]])
+        colour = torch.tensor(COLOURS[s["caption"][slice(*s["tokens_positive"][0][0])].split()[0]])
         x0, y0, x1, y1 = (int(v) for v in s["boxes"][0])
         patch = images[i, :, y0:y1, x0:x1]
         masks[i, 0, y0:y1, x0:x1] = ((patch - colour[:, None, None]).norm(dim=0) < 0.15).float()

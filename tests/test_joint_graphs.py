@@ -179,3 +179,19 @@ def test_moco_v3_vit_loads_checks_and_builds_the_vit_recipe():
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.encoder.net.cls_token.grad is not None
     model.update(out, 0)
+
+
+def test_dino_without_local_crops_trains_on_the_two_global_crops_only():
+    """``local_crops: 0`` (DINO's ``--local_crops_number 0``): the encoder returns an empty (0, N, D) without
+    running, and the loss is the mean of the two cross-view terms, −Σ softmax((t−c)/τt) · log_softmax(s/τs)."""
+    model = _build("dino.yaml", ["blocks.aug.local_crops=0"])
+    spec = composer.load(GRAPHS / "dino.yaml", ["blocks.aug.local_crops=0"], "tiny")
+    out = model(model.data_stage(example_batch(spec, 4)))
+    s, t, c = out.values["s_global"], out.values["t"], model.center()
+    assert out.values["s_local"].shape[0] == 0
+    q = torch.softmax((t - c) / 0.04, -1)
+    ref = sum(-(q[i] * torch.log_softmax(s[j] / 0.1, -1)).sum(-1).mean() for i, j in ((0, 1), (1, 0))) / 2
+    assert torch.allclose(out.loss, ref, atol=1e-5)
+    out.loss.backward()
+    stem = next(model.encoder.parameters())   # the first convolution: the gradient reaches the input end
+    assert stem.grad is not None and stem.grad.abs().sum() > 0

@@ -132,6 +132,40 @@ def test_eval_and_export_of_a_timm_encoder(tmp_path, capsys):
         assert torch.allclose(model(x), ours.embedding_module()(x), atol=1e-5)
 
 
+def test_eval_and_export_read_the_block_named_by_embedding(tmp_path, capsys):
+    """DINO's graph names its teacher (eval_knn.py's default ``--checkpoint_key teacher``): ``ptc export`` writes
+    the teacher's averaged weights, not the student's; ``ptc eval --embedding`` probes any block; at
+    initialisation the teacher is a copy of the student, so both score the same; an unknown block is one line."""
+    from composer.runlog import write_run_files
+    spec = composer.load("graphs/dino.yaml", variant="tiny")
+    assert spec.embedding == "teacher_encoder"
+    write_run_files(tmp_path, spec, {"seed": 0, "data": "shapes:n=64,size=32"})
+    scores = {}
+    for block in ("encoder", "teacher_encoder"):
+        args = ["eval", str(tmp_path), "--random-init", "--embedding", block, "--n-train", "48", "--n-val", "32"]
+        assert ptc_main([*args, "--json"]) == 0
+        scores[block] = json.loads(capsys.readouterr().out)["top1"]
+    assert scores["encoder"] == scores["teacher_encoder"]
+    assert ptc_main(["eval", str(tmp_path), "--random-init", "--embedding", "teacher"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'teacher' is not a block" in err[0] and "teacher_encoder" in err[0]
+
+    model = composer.build(spec, check=False)
+    with torch.no_grad():  # a teacher that differs from its student, as after training
+        for p in model.teacher_encoder.module.parameters():
+            p.add_(torch.randn_like(p))
+    checkpoint.save(checkpoint.path_for(tmp_path, 1), {"format": checkpoint.FORMAT, "step": 1,
+                                                        "model": model.state_dict()})
+    target = tmp_path / "teacher.safetensors"
+    assert ptc_main(["export", str(tmp_path), "-o", str(target)]) == 0
+    exported = load_file(str(target))
+    teacher, student = model.teacher_encoder.module.net.state_dict(), model.encoder.net.state_dict()
+    assert exported.keys() == teacher.keys()
+    assert all(torch.equal(exported[k], teacher[k]) for k in teacher)
+    convs = [k for k, v in student.items() if v.dim() == 4]
+    assert convs and not any(torch.equal(exported[k], student[k]) for k in convs)
+
+
 @pytest.mark.parametrize("cls_token", [True, False])
 def test_export_of_encoder_vit_loads_strictly_into_timm(cls_token):
     from timm.models.vision_transformer import VisionTransformer

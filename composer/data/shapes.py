@@ -38,6 +38,10 @@ MIN_CONTRAST = 0.3      # least RGB distance between a shape colour and any mix 
 LARGE_RADIUS = (0.20, 0.34)   # first object's radius, as a fraction of the image side
 SMALL_RADIUS = (0.09, 0.14)   # other objects
 _SPLITS = {"train": 0, "val": 1}
+# Captions vary their opening and whether they name the background, as alt-text does, so that a text tower
+# trained on them can read CLIP's "a photo of a {label}." prompts (the opening is drawn after everything else in a
+# scene, so the images do not depend on it).
+CAPTION_OPENINGS = ["", "a photo of ", "a picture of ", "an image of "]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class Scene:
     angle: float
     phase: float
     noise: np.ndarray  # (k, k) control grid for the "noisy" texture (unused otherwise)
+    caption_opening: str = ""       # one of CAPTION_OPENINGS
+    caption_background: bool = True  # whether the caption names the background
 
 
 # ---------------------------------------------------------------- shape masks on local coordinates
@@ -236,6 +242,8 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
         angle=float(rng.uniform(0, math.pi)),
         phase=float(rng.uniform(0, 2 * math.pi)),
         noise=rng.uniform(0, 1, (int(rng.integers(3, 7)),) * 2).astype(np.float32),
+        caption_opening=CAPTION_OPENINGS[int(rng.integers(len(CAPTION_OPENINGS)))],
+        caption_background=bool(rng.integers(2)),
     )
 
 
@@ -243,9 +251,10 @@ def caption_of(scene: Scene) -> tuple[str, list[list[list[int]]]]:
     """Caption naming every object, and per object the [start, end) span of its phrase.
 
     Example: "a red star and a small blue ring on a striped background", with spans [[[2, 10]], [[17, 32]]]
-    naming "red star" and "small blue ring".
+    naming "red star" and "small blue ring"; with the scene's opening and without the background:
+    "a photo of a red star and a small blue ring".
     """
-    text, spans = "", []
+    text, spans = scene.caption_opening, []
     count = len(scene.objects)
     for i, obj in enumerate(scene.objects):
         if i:
@@ -254,7 +263,7 @@ def caption_of(scene: Scene) -> tuple[str, list[list[list[int]]]]:
         text += ("an " if phrase[0] in "aeiou" else "a ")
         spans.append([[len(text), len(text) + len(phrase)]])
         text += phrase
-    return text + f" on a {scene.texture} background", spans
+    return text + (f" on a {scene.texture} background" if scene.caption_background else ""), spans
 
 
 class ShapesDataset(Dataset):
