@@ -38,9 +38,10 @@ MIN_CONTRAST = 0.3      # least RGB distance between a shape colour and any mix 
 LARGE_RADIUS = (0.20, 0.34)   # first object's radius, as a fraction of the image side
 SMALL_RADIUS = (0.09, 0.14)   # other objects
 _SPLITS = {"train": 0, "val": 1}
-# Captions vary their opening and whether they name the background, as alt-text does, so that a text tower
-# trained on them can read CLIP's "a photo of a {label}." prompts (the opening is drawn after everything else in a
-# scene, so the images do not depend on it).
+# Captions vary, as alt-text does: their opening, whether they name the colours (3 in 4) and the background (1 in
+# 2). A text tower trained on them can then read CLIP's "a photo of a {label}." prompts, and colour-free captions
+# can only be matched by shape. These are drawn after everything else in a scene, so the images do not depend on
+# them.
 CAPTION_OPENINGS = ["", "a photo of ", "a picture of ", "an image of "]
 
 
@@ -71,6 +72,7 @@ class Scene:
     noise: np.ndarray  # (k, k) control grid for the "noisy" texture (unused otherwise)
     caption_opening: str = ""       # one of CAPTION_OPENINGS
     caption_background: bool = True  # whether the caption names the background
+    caption_colours: bool = True     # whether the caption names the objects' colours
 
 
 # ---------------------------------------------------------------- shape masks on local coordinates
@@ -244,6 +246,7 @@ def sample_scene(rng: np.random.Generator, size: int) -> Scene:
         noise=rng.uniform(0, 1, (int(rng.integers(3, 7)),) * 2).astype(np.float32),
         caption_opening=CAPTION_OPENINGS[int(rng.integers(len(CAPTION_OPENINGS)))],
         caption_background=bool(rng.integers(2)),
+        caption_colours=bool(rng.integers(4)),
     )
 
 
@@ -252,14 +255,14 @@ def caption_of(scene: Scene) -> tuple[str, list[list[list[int]]]]:
 
     Example: "a red star and a small blue ring on a striped background", with spans [[[2, 10]], [[17, 32]]]
     naming "red star" and "small blue ring"; with the scene's opening and without the background:
-    "a photo of a red star and a small blue ring".
+    "a photo of a red star and a small blue ring"; without colours: "a star and a small ring".
     """
     text, spans = scene.caption_opening, []
     count = len(scene.objects)
     for i, obj in enumerate(scene.objects):
         if i:
             text += " and " if i == count - 1 else ", "
-        phrase = ("small " if i else "") + f"{obj.colour} {obj.shape}"
+        phrase = ("small " if i else "") + (f"{obj.colour} " if scene.caption_colours else "") + obj.shape
         text += ("an " if phrase[0] in "aeiou" else "a ")
         spans.append([[len(text), len(text) + len(phrase)]])
         text += phrase
