@@ -65,8 +65,13 @@ class ProbeData:
 def features(model, data: ProbeData, device, batch_size: int = 256) -> tuple[Tensor, ...]:
     """(train_feats, train_labels, val_feats, val_labels) of the embedding block on ``data``."""
     embed, transform = Embed(model.embedding_module()), eval_transform(model)
-    a = extract_features(embed, data.train, batch_size, transform, device)
-    b = extract_features(embed, data.val, batch_size, transform, device)
+    try:
+        a = extract_features(embed, data.train, batch_size, transform, device)
+        b = extract_features(embed, data.val, batch_size, transform, device)
+    except (RuntimeError, TypeError) as e:  # a block that does not take images (a head, a loss, a store)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"block {model.spec.embedding!r} cannot embed the probe's images "
+                         f"({type(e).__name__}: {first})") from None
     return (*a, *b)
 
 

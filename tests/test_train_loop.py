@@ -149,6 +149,9 @@ def test_eval_and_export_read_the_block_named_by_embedding(tmp_path, capsys):
     assert ptc_main(["eval", str(tmp_path), "--random-init", "--embedding", "teacher"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'teacher' is not a block" in err[0] and "teacher_encoder" in err[0]
+    assert ptc_main(["eval", str(tmp_path), "--random-init", "--embedding", "head", "--n-train", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "block 'head' cannot embed the probe's images" in err[0]
 
     model = composer.build(spec, check=False)
     with torch.no_grad():  # a teacher that differs from its student, as after training
