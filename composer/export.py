@@ -37,16 +37,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import torch
-
+    from blocks.teacher import EMATeacher
     from composer.eval_cli import load_run
     model, _, path = load_run(args.run_dir, args.checkpoint)
     name = model.spec.embedding
     if name is None:
         raise UserError(f"{args.run_dir}: the graph names no 'embedding' block to export")
     encoder, params = model.embedding_module(), model.spec.blocks[name].params
-    if hasattr(encoder, "source") and isinstance(getattr(encoder, "module", None), torch.nn.Module):
-        # an EMA teacher (DINO probes its teacher): export the averaged copy with its source block's parameters
+    if isinstance(encoder, EMATeacher):
+        # DINO names its teacher: export the averaged copy, built with its source block's parameters
         encoder, params = encoder.module, model.spec.blocks[params["source"]].params
     tensors, meta, timm_model = timm_state(encoder, params)
     meta.update({"graph": model.spec.name, "block": name, "checkpoint": str(path)})
