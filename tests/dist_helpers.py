@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -34,3 +35,23 @@ def _entry(rank: int, world_size: int, port: int, worker, args) -> None:
 def spawn(worker, world_size: int, *args) -> None:
     """Run ``worker(rank, world_size, *args)`` on ``world_size`` gloo processes and wait for all of them."""
     mp.spawn(_entry, args=(world_size, free_port(), worker, args), nprocs=world_size, join=True)
+
+
+def sgd_record(model, forward_model, batch_at, steps: int, extra=None) -> list[dict]:
+    """``steps`` iterations of forward, backward, SGD (lr 0.5) and the graph's state update.
+
+    ``forward_model``: the model or its DDP wrapper; ``batch_at(step)``: that step's model-stage inputs;
+    ``extra(output)``: more values to record. Returns one dict per iteration (``loss``, ``grads`` and the
+    extras), then ``{"state": ...}`` with the final state dict."""
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    record = []
+    for step in range(steps):
+        out = forward_model(batch_at(step))
+        out.loss.backward()
+        record.append({"loss": out.loss.detach().clone(), **(extra(out) if extra else {}),
+                       "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}})
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update(out, step)
+    record.append({"state": {k: v.clone() for k, v in model.state_dict().items()}})
+    return record

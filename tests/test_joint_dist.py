@@ -25,7 +25,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
-from dist_helpers import spawn
+from dist_helpers import sgd_record, spawn
 
 WORLD, N, SIZE, STEPS = 2, 4, 32, 2   # N per rank; global batch G = 8
 
@@ -75,19 +75,11 @@ def _gradient_steps(model, forward_model, rank: int | None, eval_mode: bool) -> 
 
     ``rank`` None: one process on the whole batch; else this rank's half."""
     model.eval() if eval_mode else model.train()
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
-    record = []
-    for step in range(STEPS):
+
+    def batch_at(step):  # two views of every image
         batch = _global_batch(model.model_inputs, 2, step)
-        out = forward_model(batch if rank is None else _slice(batch, rank, 2))
-        out.loss.backward()
-        record.append({"loss": out.loss.detach().clone(),
-                       "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update(out, step)
-    record.append({"state": {k: v.clone() for k, v in model.state_dict().items()}})
-    return record
+        return batch if rank is None else _slice(batch, rank, 2)
+    return sgd_record(model, forward_model, batch_at, STEPS)
 
 
 def _ddp(model):

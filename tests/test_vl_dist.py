@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
 from composer.data import ShapesDataset, collate
-from dist_helpers import spawn
+from dist_helpers import sgd_record, spawn
 
 WORLD, N, SIZE, STEPS = 2, 4, 32, 2   # N per rank; global batch G = 8
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
@@ -92,22 +92,15 @@ def _gradient_steps(model, forward_model, rank: int | None) -> list[dict]:
     ``rank`` None: one process on the whole batch; else this rank's half. Each iteration's loss, gradients and
     (image, text) embeddings; then the final state."""
     model.train()
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
-    record = []
-    for step in range(STEPS):
+
+    def batch_at(step):
         batch = _global_batch(model, step)
         assert batch["x"].shape == (WORLD * N, 3, SIZE, SIZE) and batch["text"].ids.shape == (WORLD * N, 32)
-        out = forward_model(batch if rank is None else _slice(batch, rank))
-        out.loss.backward()
-        record.append({"loss": out.loss.detach().clone(),
-                       "img": out.values["img"].detach().clone(),
-                       "txt": out.values["txt"].pooled.detach().clone(),
-                       "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update(out, step)
-    record.append({"state": {k: v.clone() for k, v in model.state_dict().items()}})
-    return record
+        return batch if rank is None else _slice(batch, rank)
+
+    def embeddings(out):
+        return {"img": out.values["img"].detach().clone(), "txt": out.values["txt"].pooled.detach().clone()}
+    return sgd_record(model, forward_model, batch_at, STEPS, embeddings)
 
 
 def _worker(rank: int, world_size: int, out_dir: str) -> None:
