@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from composer import checkpoint
-from composer.runlog import read_metrics
-from composer.train import TrainOptions
+from composer.train import TrainOptions, checkpoint
+from composer.train.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMCLR = str(ROOT / "tests/graphs/tiny_simclr.yaml")

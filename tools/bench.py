@@ -79,7 +79,7 @@ def bench_compose(batch_size: int = 32, size: int = 32, rounds: int = 15) -> Non
 
 
 def bench_compile(rounds: int = 10) -> None:
-    from composer.shapes import example_batch
+    from composer.graph.shapes import example_batch
     torch.manual_seed(0)
     spec = composer.load("tests/graphs/tiny_moco.yaml")
     model = composer.build(spec)

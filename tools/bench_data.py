@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 import composer  # noqa: E402
 from composer.data.spec import open_dataset  # noqa: E402
-from composer.optim import build_optimizer, set_hyperparameters  # noqa: E402
-from composer.runlog import read_metrics  # noqa: E402
+from composer.graph.train_section import parse_train  # noqa: E402
 from composer.train import TrainOptions, train  # noqa: E402
-from composer.train_config import parse_train  # noqa: E402
-from composer.train_data import make_loader  # noqa: E402
+from composer.train.batches import make_loader  # noqa: E402
+from composer.train.optim import build_optimizer, set_hyperparameters  # noqa: E402
+from composer.train.runlog import read_metrics  # noqa: E402
 
 GRAPH, VARIANT = str(ROOT / "graphs/simclr.yaml"), "tiny"
 DATA = "shapes:n=1024,size=32"

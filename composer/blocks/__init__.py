@@ -1,0 +1,19 @@
+"""Built-in blocks. Importing this package registers every block kind (see ``composer.blocks.registry``)."""
+from composer.blocks import (  # noqa: F401  (importing a module registers its blocks)
+    augment,
+    augment_recipes,
+    encoders,
+    grounding,
+    heads,
+    losses,
+    masking,
+    memory,
+    ops,
+    scalars,
+    teacher,
+    text,
+    text_encoder,
+    tokenizers,
+    vit,
+)
+from composer.blocks.registry import BlockRef, all_blocks, block, get  # noqa: F401

@@ -1,0 +1,36 @@
+"""draw a graph's architecture diagram (graphviz): ptc render GRAPH -o FILE.{svg,png,pdf,dot}"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from composer.cli.common import graph_options, load_and_check
+from composer.runtime.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from composer.draw.render import FORMATS
+    p.add_argument("graph", help="the graph file (YAML)")
+    p.add_argument("-o", "--output", help="output file; its suffix picks the format (default: NAME.svg here)")
+    p.add_argument("--format", choices=FORMATS, help="output format, overriding the suffix")
+    p.add_argument("--shapes", action="store_true",
+                   help="label the edges with tensor shapes from the dry run (N x C ...)")
+    p.add_argument("--no-legend", action="store_true", help="leave out the key under the title")
+    graph_options(p)
+
+
+def run(args) -> int:
+    from composer.draw.render import FORMATS, render
+    spec, _ = load_and_check(args.graph, args, dry_run=False)  # --shapes runs its own dry runs
+    out = Path(args.output or f"{spec.name}.{args.format or 'svg'}")
+    fmt = args.format or out.suffix.lstrip(".").lower().replace("gv", "dot")
+    if fmt not in FORMATS:
+        raise UserError(f"{out}: cannot render to {fmt or 'a file without a suffix'!r}; expected a suffix or "
+                        f"--format among {', '.join(FORMATS)}")
+    shapes = None
+    if args.shapes:
+        from composer.draw.measure import symbolic_shapes
+        shapes = symbolic_shapes(spec)
+    render(spec, out, fmt, shapes=shapes, legend=not args.no_legend)
+    print(out)
+    return 0
