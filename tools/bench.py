@@ -1,13 +1,14 @@
 """Benchmarks, each measured side by side in one run and reported as ratios (machines here are shared and noisy).
 
     python tools/bench.py                 # everything
-    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking
+    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, expr
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
 - data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
+- expr: an expression loss against the hand-written block it equals, eager and compiled (tools/bench_expr.py).
 """
 from __future__ import annotations
 
@@ -131,6 +132,8 @@ def main(argv: list[str]) -> None:
         SECTIONS.setdefault("masking", bench_masking.main)
     except ImportError:
         pass
+    import bench_expr
+    SECTIONS.setdefault("expr", bench_expr.main)
     chosen = argv or list(SECTIONS)
     for name in chosen:
         if name not in SECTIONS:

@@ -1,5 +1,6 @@
 """Built-in blocks. Importing this package registers every block kind (see ``composer.blocks.registry``)."""
 from composer.blocks import (  # noqa: F401  (importing a module registers its blocks)
+    expr,
     augment,
     augment_recipes,
     encoders,

@@ -88,6 +88,11 @@ class BlockInfo:
     def has_update(self) -> bool:
         return hasattr(self.cls, "update")
 
+    def ports_for(self, params: dict) -> dict[str, Port]:
+        """The input ports of one instance: the signature's, or, for a block whose ports depend on its
+        parameters (``loss.expr``: the expression's free names), its ``input_ports(params)`` classmethod."""
+        return self.cls.input_ports(params) if hasattr(self.cls, "input_ports") else self.inputs
+
     @property
     def ports_follow_source(self) -> bool:
         """A wrapper (``teacher.ema``) whose ports are those of the block it wraps."""

@@ -161,7 +161,15 @@ def _rank(c: Ctx, port: str) -> int:
     return len(dims) if dims else 0
 
 
-FORWARD = {"loss.info_nce": _info_nce, "loss.dino": _dino, "loss.nt_xent": _nt_xent, "loss.moco_v3": _moco_v3,
+def _expression(c: Ctx):
+    """An expression block's equation is its program: one line per statement, the last one the result."""
+    text = str(c.spec.blocks[c.block].params.get("expr", "")).strip("\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kind = c.spec.blocks[c.block].kind
+    return [(line, "") for line in lines[:-1]] + [(f"{'loss' if kind == 'loss.expr' else 'value'} = {lines[-1]}", "")]
+
+
+FORWARD = {"loss.expr": _expression, "ops.expr": _expression, "loss.info_nce": _info_nce, "loss.dino": _dino, "loss.nt_xent": _nt_xent, "loss.moco_v3": _moco_v3,
            "loss.clip": _clip, "loss.siglip": _siglip, "loss.mae": _mae, "loss.smooth_l1": _smooth_l1,
            "loss.masked_token_ce": _masked_token_ce}
 

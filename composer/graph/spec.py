@@ -86,7 +86,7 @@ class GraphSpec:
         spec = self.blocks[block]
         if spec.info.ports_follow_source and spec.source in self.blocks and spec.source != block:
             return self.ports(spec.source)
-        return spec.info.inputs
+        return spec.info.ports_for(spec.params)
 
     def outputs(self, block: str) -> tuple[str, ...] | None:
         spec = self.blocks[block]
@@ -104,11 +104,15 @@ class _Parser:
         self.located, self.path = located, path
         self.data = located.data
         self.errors: list[GraphError] = []
+        self.unknown_ports: set[str] = set()  # blocks whose ports could not be read (reported once)
         self.nodes: dict[str, Node] = {}
         self.blocks: dict[str, BlockSpec] = {}
 
-    def err(self, message, loc_path=(), node=None, expected=None):
-        self.errors.append(GraphError(message, self.located.loc(*loc_path) or Loc(self.path), node, expected))
+    def err(self, message, loc_path=(), node=None, expected=None, line_offset: int = 0):
+        loc = self.located.loc(*loc_path) or Loc(self.path)
+        if line_offset and loc.line:  # a line inside a multi-line value (an expression)
+            loc = Loc(loc.file, loc.line + line_offset)
+        self.errors.append(GraphError(message, loc, node, expected))
 
     # -- top level ---------------------------------------------------------------------------------------
     def parse(self) -> GraphSpec:
@@ -226,6 +230,8 @@ class _Parser:
         if block not in self.blocks:
             return node
         ports = self._ports(block)
+        if block in self.unknown_ports:  # already reported: no second line about its inputs
+            return node
         if args is None or args == {}:
             named = {}
         elif isinstance(args, dict) and all(k in ports for k in args):
@@ -272,7 +278,18 @@ class _Parser:
         while spec.info.ports_follow_source and spec.source in self.blocks and spec.name not in seen:
             seen.add(spec.name)
             spec = self.blocks[spec.source]
-        return spec.info.inputs
+        try:
+            return spec.info.ports_for(spec.params)
+        except ValueError as e:  # an expression that does not parse: its ports are unknown, reported once
+            if spec.name in self.unknown_ports:
+                return {}
+            self.unknown_ports.add(spec.name)
+            param = getattr(spec.info.cls, "expression_param", "type")
+            text = spec.params.get(param)
+            block_scalar = isinstance(text, str) and "\n" in text  # `expr: |` starts on the next line
+            self.err(f"{param}: {e}", ("blocks", spec.name, param), node=spec.name,
+                     line_offset=getattr(e, "line", 1) - 1 + block_scalar)
+            return {}
 
     def _edge(self, value, where, hint, owner=None) -> Edge | None:
         """An expression → the edge that carries its value, creating nodes for nested calls."""
