@@ -94,6 +94,23 @@ class _Recorder(fx.Interpreter):
             expected=f"the two sizes to agree ({fmt(expected)} vs {fmt(got)}): change the parameters of '{name}' or what "
                      f"feeds it")
 
+    def _error(self, n: fx.Node, e: Exception) -> GraphError:
+        name = n.name
+        spec_node = self.spec.nodes.get(name)
+        loc = spec_node.loc if spec_node is not None else None
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if n.op == "call_module":
+            kind = self.spec.blocks[n.target].kind
+            feeds = []
+            for port, arg in n.kwargs.items():
+                src = _source(arg)
+                if src is not None and src.name in self.values:
+                    feeds.append(f"input {port!r} from node '{src.name}' has shape {describe(self.values[src.name])}")
+            detail = "; ".join(feeds)
+            return GraphError(f"'{n.target}' ({kind}) fails: {what}" + (f" ({detail})" if detail else ""), loc,
+                              node=name, expected="inputs whose shapes the block accepts")
+        return GraphError(f"{what}", loc, node=name)
+
     def _producer(self, src: fx.Node) -> tuple[str, str]:
         """``(value label, producer)``: ``('z__encoder', "'encoder' (encoder.timm)")``; a named output read
         with ``latent.tokens`` gives ``('latent.tokens', "'encoder' (...)")``; a data input, ``the input 'image'``."""
