@@ -20,8 +20,10 @@ maps every image to the same vector. Something must rule that solution out, and 
       guards:
         barlow: redundancy reduction (the loss drives the cross-correlation to the identity)
 
-A loss with no guard of any kind whose inputs all carry gradient into trainable blocks gets one warning line
-naming the loss, each input and the trainable blocks behind it, and what it lacks. An asymmetric predictor alone
+A loss with no guard of any kind, none of whose inputs is stopped or comes from a teacher or memory, and with
+at least two inputs that carry gradient into trainable blocks, gets one warning line naming the loss, those
+inputs and the trainable blocks behind them, and what it lacks. Inputs from the data or from parameter-free
+blocks (a schedule value) are neither guards nor branches. An asymmetric predictor alone
 is not a guard: SimSiam with a predictor but without its stop-gradient collapses (Chen & He 2021, Fig. 2).
 """
 from __future__ import annotations
@@ -73,7 +75,7 @@ def declared_guards(spec) -> dict[str, str]:
 
 
 def collapse_warnings(spec) -> list[str]:
-    """One warning line per loss whose inputs all carry gradient and that nothing guards against collapse."""
+    """One warning line per loss that two trainable branches feed with nothing guarding it against collapse."""
     declared = declared_guards(spec)
     warnings = []
     for name, node in spec.nodes.items():
@@ -82,20 +84,40 @@ def collapse_warnings(spec) -> list[str]:
         block = spec.blocks[node.block]
         if node.block in declared or block_guard(block.info.cls):
             continue
+        if any(_stopped(spec, edge) for edge in node.inputs.values()):
+            continue  # one input is a fixed target: stopped, or from an EMA teacher or a memory
         branches = {port: _trainable_behind(spec, edge) for port, edge in node.inputs.items()}
-        if len(branches) < 2 or not all(branches.values()):
-            continue  # one input is stopped, from a teacher/memory, or from the data: a fixed target
-        inputs = "; ".join(f"{port!r} from {edge.src!r} (through {', '.join(branches[port])})"
-                           for port, edge in node.inputs.items())
+        branches = {port: blocks for port, blocks in branches.items() if blocks}
+        if len(branches) < 2:
+            continue  # at most one trainable branch: the others are data (MAE's pixels) or parameter-free values
+        inputs = "; ".join(f"{port!r} from {node.inputs[port].src!r} (through {', '.join(blocks)})"
+                           for port, blocks in branches.items())
         where = f"{node.loc}: " if node.loc else f"{spec.path}: "
         warnings.append(
-            f"{where}warning: node {name!r}: loss {node.block!r} ({block.kind}) can collapse: every input carries "
+            f"{where}warning: node {name!r}: loss {node.block!r} ({block.kind}) can collapse: its inputs carry "
             f"gradient into trainable blocks — {inputs} — and the graph has no guard for it: no !sg on an input, "
             f"no EMA teacher or memory behind one, and {block.kind} declares no collapse_guard (a constant output "
             f"minimises it). Put !sg on one input (SimSiam, BYOL); or, if the loss is its own guard (Barlow Twins' "
             f"redundancy reduction, VICReg's variance term), declare it: 'guards: {{{node.block}: REASON}}' in the "
             f"graph or 'collapse_guard = \"REASON\"' on the block class")
     return warnings
+
+
+def _stopped(spec, edge) -> bool:
+    """Whether the value on ``edge`` is a fixed target: ``!sg``, or computed from an EMA teacher or a memory."""
+    if edge.sg:
+        return True
+    seen, stack = set(), [edge.src]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = spec.nodes[name]
+        if node.kind == "call" and spec.blocks[node.block].info.family in ("teacher", "memory"):
+            return True
+        stack.extend(e.src for e in node.inputs.values() if not e.sg)
+    return False
 
 
 def _trainable_behind(spec, edge) -> list[str]:
