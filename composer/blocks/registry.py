@@ -184,6 +184,16 @@ def load_all() -> None:
         ep.load()
 
 
+def load_distribution(name: str) -> int:
+    """Load the ``pretext_composer.blocks`` entry points of the installed distribution ``name`` (a graph's
+    ``requires:``); returns how many. Loading one twice is harmless: a module is imported once."""
+    load_all()
+    eps = [ep for ep in metadata.distribution(name).entry_points if ep.group == ENTRY_POINT_GROUP]
+    for ep in eps:
+        ep.load()
+    return len(eps)
+
+
 def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

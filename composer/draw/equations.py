@@ -4,6 +4,11 @@
 ``logits`` of Algorithm 1); ``update_lines(ctx)`` gives a state update (EMA, queue, centre). Each line is
 ``(equation, size)``. The formulas restate the official code cited in each block's docstring;
 a kind without an entry falls back to the first line of its docstring. ``structure`` spells out a head's layers.
+
+A block class (a plugin's, say) supplies its own lines with a static method ``equations(ctx)`` (and
+``update_equations(ctx)`` for its state update) returning ``[(equation, size), ...]``; ``ctx`` is a ``Ctx``:
+``ctx.arg(port)`` is the value's name in the graph, ``ctx.d(port, axis, "N")`` its symbolic size, ``ctx.p(name)``
+a parameter's value. Blocks need not import this module: the context is passed in.
 """
 from __future__ import annotations
 
@@ -211,13 +216,15 @@ UPDATE = {"ops.scalar": _clamp, "memory.queue": _queue, "memory.center": _center
 
 
 def forward_lines(spec: GraphSpec, node: Node, shapes) -> list[tuple[str, str]]:
-    fn = FORWARD.get(spec.blocks[node.block].kind)
-    return fn(Ctx(spec, node.block, node, shapes)) if fn else []
+    info = spec.blocks[node.block].info
+    fn = FORWARD.get(info.kind) or getattr(info.cls, "equations", None)
+    return list(fn(Ctx(spec, node.block, node, shapes))) if fn else []
 
 
 def update_lines(spec: GraphSpec, block: str, shapes) -> list[tuple[str, str]]:
     bs = spec.blocks[block]
-    fn = _ema if bs.source and bs.info.family == "teacher" else UPDATE.get(bs.kind)
+    fn = _ema if bs.source and bs.info.family == "teacher" else (
+        UPDATE.get(bs.kind) or getattr(bs.info.cls, "update_equations", None))
     if fn is not None:
         return fn(Ctx(spec, block, None, shapes, spec.updates.get(block, {})))
     return [(f"{block}.update(step)", f"{bs.kind}: {summary(bs.info.summary, 60)}")]

@@ -13,8 +13,11 @@ from composer.graph.model import ComposedModel, Output
 def load(path, overrides=None, variant: str | None = None):
     """Read a graph file (with ``extends:``, the named ``variant`` and ``--set``-style overrides) → ``GraphSpec``."""
     from composer.graph.loader import load_located
+    from composer.graph.requires import check_requires
     from composer.graph.spec import parse
-    return parse(load_located(path, overrides, variant), str(path))
+    located = load_located(path, overrides, variant)
+    check_requires(located, str(path))  # before block types are looked up: "pip install X", not "unknown type"
+    return parse(located, str(path))
 
 
 def check(spec, dry_run: bool = True):

@@ -58,6 +58,7 @@ def params_schema(info: registry.BlockInfo) -> dict:
 
 
 def graph_schema() -> dict:
+    from composer.graph.train_schema import train_schema
     kinds = registry.all_blocks()
     block_schema = {
         "type": "object",
@@ -85,7 +86,11 @@ def graph_schema() -> dict:
             "updates": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _EXPR}},
             "objective": {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": {"type": "number"}}]},
             "embedding": {"type": "string"},
-            "train": {"type": "object"},
+            "train": train_schema(),
+            "requires": {"type": "array", "items": {"type": "string"},
+                         "description": "plugin packages the graph needs (pip names, optionally with a version)"},
+            "guards": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "{LOSS_BLOCK: REASON}: a loss that is its own guard against collapse"},
             "variants": {"type": "object", "additionalProperties": {"type": "object"}},
         },
     }

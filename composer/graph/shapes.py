@@ -12,6 +12,7 @@ import torch
 from torch import fx
 
 from composer.graph.compile import build_blocks, build_stage
+from composer.graph.mismatch import LeafTracker, expectation, fmt, layer_name, parameter_holding
 from composer.graph.spec import GraphSpec
 from composer.runtime.errors import GraphError, GraphErrors
 
@@ -49,14 +50,49 @@ class _Recorder(fx.Interpreter):
         self.values: dict[str, object] = {}
 
     def run_node(self, n: fx.Node):
+        tracker = LeafTracker()
         try:
-            out = super().run_node(n)
+            with tracker:
+                out = super().run_node(n)
         except GraphErrors:
             raise
         except Exception as e:  # any failure of a block on the example: report it at the node
-            raise self._error(n, e) from e
+            raise (self._mismatch(n, tracker) or self._error(n, e)) from e
         self.values[n.name] = out
         return out
+
+    def _mismatch(self, n: fx.Node, tracker: LeafTracker) -> GraphError | None:
+        """A size mismatch in words, naming the failing block's layer and the block whose output it got."""
+        failing = tracker.failing()
+        if n.op != "call_module" or failing is None:
+            return None
+        found = expectation(*failing)
+        if found is None or found[1] == found[2]:
+            return None
+        what, expected, got, axis = found
+        name, kind = n.target, self.spec.blocks[n.target].kind
+        layer = layer_name(self.module.get_submodule(n.target), failing[0])
+        block = self.spec.blocks[n.target]
+        param = parameter_holding(block.params, expected)
+        if param is None and block.source in self.spec.blocks:  # a wrapper (teacher.ema): its source's parameter
+            param = parameter_holding(self.spec.blocks[block.source].params, expected)
+            param = f"{block.source}'s {param}" if param else None
+        given = f"it gets {fmt(got)}"
+        for port, arg in n.kwargs.items():
+            src = _source(arg)
+            value = self.values.get(src.name) if src is not None else None
+            if isinstance(value, torch.Tensor) and value.dim() and _size_at(value, axis, got):
+                label, producer = self._producer(src)
+                given = f"its input {port!r} has {fmt(got)} {what}, from {producer} (value {label!r}: {describe(value)})"
+                break
+        spec_node = self.spec.nodes.get(n.name)
+        wraps = f" of '{block.source}'" if block.source else ""
+        return GraphError(
+            f"'{name}' ({kind}{wraps}) expects {fmt(expected)} {what} (its layer '{layer}', a "
+            f"{type(failing[0]).__name__}{'; set by ' + param if param else ''}) but {given}",
+            spec_node.loc if spec_node is not None else None, node=n.name,
+            expected=f"the two sizes to agree ({fmt(expected)} vs {fmt(got)}): change the parameters of '{name}' or what "
+                     f"feeds it")
 
     def _error(self, n: fx.Node, e: Exception) -> GraphError:
         name = n.name
@@ -74,6 +110,27 @@ class _Recorder(fx.Interpreter):
             return GraphError(f"'{n.target}' ({kind}) fails: {what}" + (f" ({detail})" if detail else ""), loc,
                               node=name, expected="inputs whose shapes the block accepts")
         return GraphError(f"{what}", loc, node=name)
+
+    def _producer(self, src: fx.Node) -> tuple[str, str]:
+        """``(value label, producer)``: ``('z__encoder', "'encoder' (encoder.timm)")``; a named output read
+        with ``latent.tokens`` gives ``('latent.tokens', "'encoder' (...)")``; a data input, ``the input 'image'``."""
+        label, value = src.name, src.name
+        if src.op == "call_function" and len(src.args) == 2 and isinstance(src.args[1], str) \
+                and isinstance(src.args[0], fx.Node):
+            value = src.args[0].name
+            label = f"{value}.{src.args[1]}"
+        node = self.spec.nodes.get(value)
+        while node is not None and node.kind == "alias":
+            node = self.spec.nodes.get(node.inputs["value"].src)
+        if node is not None and node.kind == "call":
+            return label, f"'{node.block}' ({self.spec.blocks[node.block].kind})"
+        return label, f"the input {value!r}"
+
+
+def _size_at(value: torch.Tensor, axis: int, size) -> bool:
+    if isinstance(size, tuple):
+        return tuple(value.shape[-len(size):]) == size
+    return value.dim() > abs(axis) - (axis < 0) and value.shape[axis] == size
 
 
 def _source(arg):

@@ -16,7 +16,7 @@ from composer.graph.loader import SG, Located
 from composer.runtime.errors import GraphError, GraphErrors, Loc
 
 TOP_LEVEL_KEYS = ("name", "description", "paper", "sources", "notes", "inputs", "blocks", "flow", "updates",
-                  "objective", "embedding", "train", "variants", "data", "extends")
+                  "objective", "embedding", "train", "variants", "data", "extends", "requires", "guards")
 RESERVED = {"batch", "self", "torch", "grad_enabled", "operator", "getattr"}  # names in the generated code
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

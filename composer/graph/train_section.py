@@ -18,6 +18,13 @@ Grammar (every key is optional; defaults in brackets)::
       sync_bn: false                          # SyncBatchNorm over processes (needs CUDA)            [false]
       batch_size: 256                         # GLOBAL images per optimizer step (all processes)     [256]
       epochs: 100                             # or steps: N (one of the two)                         [100]
+      param_groups:                           # parameters with their own settings (below)          [[]]
+        - blocks: [predictor]                 #   SimSiam --fix-pred-lr: the predictor keeps the initial lr
+          lr: 0.05
+        - params: [ndim<=1]                   #   Barlow Twins: biases and BN at 0.024 x the lr, no decay,
+          lr_factor: 0.024                    #   no LARS adaptation
+          weight_decay: 0
+          lars_adapt: false
 
 ``batch_size`` is the batch the papers quote (MoCo v3's 4096): each of W processes runs micro-batches of
 ``batch_size / (W · accumulate)`` images, so the same graph trains the same way on any number of processes.
@@ -34,6 +41,22 @@ is neither decayed nor, under LARS, trust-ratio adapted (MoCo v3 and SimCLR excl
 The official repositories differ: MoCo v1/v2 ``[]``; MoCo v3 LARS ``[ndim<=1]``; SimCLR
 ``[bn, bias]``; DINO and MAE ``[ndim<=1, bias]``; BEiT ``[ndim<=1, bias, pos_embed, cls_token]``; open_clip
 ``[ndim<=1, bn, ln, bias, logit_scale]``.
+
+Parameter groups (``param_groups``), a list; each entry selects trainable parameters and overrides settings:
+
+- ``blocks: [NAME, ...]``: the parameters of these blocks of the graph;
+- ``params: [RULE, ...]``: parameters any of these rules selects (the ``no_weight_decay`` rule language);
+  with both keys a parameter must satisfy both; a parameter goes to the FIRST entry that selects it, and the
+  parameters no entry selects form the ordinary groups;
+- ``lr: VALUE``: the group's own lr, a number (a fixed lr: SimSiam's predictor under ``--fix-pred-lr`` keeps
+  ``init_lr``, facebookresearch/simsiam · main_simsiam.py · adjust_learning_rate) or a schedule; or
+  ``lr_factor: F``: F × the main lr at every step (Barlow Twins: biases and BN at ``0.0048 / 0.2 = 0.024`` ×
+  the weights' lr, facebookresearch/barlowtwins · main.py · adjust_learning_rate). ``lr_scaling`` applies to both;
+- ``weight_decay: VALUE``: the group's own decay (a number or a schedule); absent, the main ``weight_decay``
+  applies and the ``no_weight_decay`` rules still exclude parameters inside the group;
+- ``lars_adapt: true|false``: the LARS trust ratio for the group (LARS only; default: on exactly for decayed
+  parameters, as without groups; on when the group gives its own ``weight_decay``);
+- ``name: TEXT``: a label for logs and errors (default ``param_groups[i]``).
 """
 from __future__ import annotations
 
@@ -51,8 +74,28 @@ OPTIMIZERS = {
 MODULE_RULES = ("bn", "ln", "gn", "norm")
 NDIM_RULES = ("ndim<=1", "ndim<2")
 KEYS = ("optimizer", "lr", "lr_scaling", "weight_decay", "no_weight_decay", "clip_grad", "accumulate", "freeze",
-        "sync_bn", "batch_size", "epochs", "steps")
+        "sync_bn", "batch_size", "epochs", "steps", "param_groups")
+GROUP_KEYS = ("name", "blocks", "params", "lr", "lr_factor", "weight_decay", "lars_adapt")
 BASE_BATCH = 256  # lr_scaling reference batch (MoCo v3, MAE, SimCLR linear, DINO: lr · B / 256)
+
+
+@dataclasses.dataclass
+class ParamGroup:
+    """One ``param_groups`` entry: which parameters (``blocks`` and/or ``params`` rules) and their settings."""
+
+    name: str
+    blocks: list[str] = dataclasses.field(default_factory=list)
+    params: list[str] = dataclasses.field(default_factory=list)
+    lr: Schedule | None = None             # the group's own lr (a constant = a fixed lr); None: lr_factor × main lr
+    lr_factor: float = 1.0
+    weight_decay: Schedule | None = None   # None: the main schedule, no_weight_decay rules applying
+    lars_adapt: bool | None = None         # None: adapt the decayed parameters
+    loc: object = None                     # where the entry is written (errors found when building groups)
+
+    def bind(self, total_steps: int, steps_per_epoch: int) -> None:
+        for sched in (self.lr, self.weight_decay):
+            if sched is not None:
+                sched.bind(total_steps, steps_per_epoch)
 
 
 @dataclasses.dataclass
@@ -72,6 +115,7 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int | None = 100
     steps: int | None = None
+    param_groups: list[ParamGroup] = dataclasses.field(default_factory=list)
 
     def lr_factor(self) -> float:
         """The multiplier ``lr_scaling`` applies to the lr schedule for this ``batch_size``."""
@@ -122,7 +166,71 @@ class _Reader:
             cfg.steps, cfg.epochs = self.positive_int("steps", t["steps"]), None
         else:
             cfg.epochs = self.positive_int("epochs", t.get("epochs", 100))
+        cfg.param_groups = self.groups(t.get("param_groups") or [], cfg.optimizer)
         return cfg
+
+    def groups(self, value, optimizer: str) -> list[ParamGroup]:
+        if not isinstance(value, list):
+            raise self.fail("param_groups", f"got {value!r}", "a list of {blocks: [...], params: [...], lr: ...}")
+        return [self.group(i, entry, optimizer) for i, entry in enumerate(value)]
+
+    def group(self, i: int, entry, optimizer: str) -> ParamGroup:
+        from composer.blocks.registry import did_you_mean
+        key = f"param_groups[{i}]"
+
+        def fail(message, expected=None, *sub):
+            return GraphError(f"train.{key}{'.' + sub[0] if sub else ''}: {message}",
+                              self.spec.loc("train", "param_groups", i, *sub), expected=expected)
+
+        if not isinstance(entry, dict):
+            raise fail(f"got {entry!r}", "a mapping such as {blocks: [predictor], lr: 0.05}")
+        for k in entry:
+            if k not in GROUP_KEYS:
+                raise fail(f"unknown key {k!r}{did_you_mean(k, GROUP_KEYS)}", "one of " + ", ".join(GROUP_KEYS), k)
+        group = ParamGroup(name=str(entry.get("name") or key), loc=self.spec.loc("train", "param_groups", i))
+        blocks = entry.get("blocks", [])
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise fail(f"got {blocks!r}", "a list of block names such as [predictor]", "blocks")
+        for b in blocks:
+            if b not in self.spec.blocks:
+                raise fail(f"{b!r} is not a block of this graph{did_you_mean(b, self.spec.blocks)}",
+                           "names under 'blocks:'", "blocks")
+        group.blocks = blocks
+        if "params" in entry:
+            try:
+                group.params = self.rules(entry["params"], ("param_groups", i, "params"))
+            except GraphError as e:
+                raise fail(e.message.split(": ", 1)[1], e.expected, "params") from None
+        if not group.blocks and not group.params:
+            raise fail("selects no parameters", "'blocks: [NAME, ...]' and/or 'params: [RULE, ...]'")
+        if "lr" in entry and "lr_factor" in entry:
+            raise fail("give either lr (the group's own) or lr_factor (x the main lr), not both", None, "lr_factor")
+        if "lr" in entry:
+            group.lr = self.sub_schedule(entry["lr"], fail, "lr")
+        if "lr_factor" in entry:
+            f = entry["lr_factor"]
+            if not _number(f) or f < 0:
+                raise fail(f"must be a non-negative number, got {f!r}", "e.g. lr_factor: 0.024", "lr_factor")
+            group.lr_factor = float(f)
+        if "weight_decay" in entry:
+            group.weight_decay = self.sub_schedule(entry["weight_decay"], fail, "weight_decay")
+        if "lars_adapt" in entry:
+            if not isinstance(entry["lars_adapt"], bool):
+                raise fail(f"must be true or false, got {entry['lars_adapt']!r}", None, "lars_adapt")
+            if optimizer != "lars":
+                raise fail(f"only LARS adapts the lr per layer; the optimizer is {optimizer}",
+                           "optimizer: lars, or remove lars_adapt", "lars_adapt")
+            group.lars_adapt = entry["lars_adapt"]
+        return group
+
+    def sub_schedule(self, value, fail, key: str) -> Schedule:
+        try:
+            sched = Schedule.parse(value)
+        except ValueError as e:
+            raise fail(str(e), "a number or a schedule such as {cosine: [0.3, 0.0]}", key) from None
+        if min(sched.start, sched.end, sched.warmup_from) < 0:
+            raise fail(f"must not be negative, got {value!r}", None, key)
+        return sched
 
     def optimizer(self, value) -> tuple[str, dict]:
         name, args = (value, {}) if isinstance(value, str) else (None, None)
@@ -168,16 +276,17 @@ class _Reader:
             raise self.fail(key, f"got {value!r}", "one of " + ", ".join(options))
         return value
 
-    def rules(self, value) -> list[str]:
+    def rules(self, value, where: tuple = ("no_weight_decay",)) -> list[str]:
+        key, sub = where[0], where[1:]
         if not isinstance(value, list) or not all(isinstance(r, str) and r.strip() for r in value):
-            raise self.fail("no_weight_decay", f"got {value!r}", "a list of rules such as [ndim<=1, bias]")
+            raise self.fail(key, f"got {value!r}", "a list of rules such as [ndim<=1, bias]", *sub)
         rules = [r.strip() for r in value]
         for i, rule in enumerate(rules):
             if rule.startswith("ndim") and rule not in NDIM_RULES:
-                raise self.fail("no_weight_decay", f"unknown rule {rule!r}", "ndim<=1 (alias ndim<2)", i)
+                raise self.fail(key, f"unknown rule {rule!r}", "ndim<=1 (alias ndim<2)", *sub, i)
             if not rule.startswith("ndim") and not rule.replace("_", "").replace(".", "").isalnum():
-                raise self.fail("no_weight_decay", f"rule {rule!r} is not a name fragment", "ndim<=1, bn, ln, "
-                                "gn, norm, or part of a parameter name such as bias or pos_embed", i)
+                raise self.fail(key, f"rule {rule!r} is not a name fragment", "ndim<=1, bn, ln, "
+                                "gn, norm, or part of a parameter name such as bias or pos_embed", *sub, i)
         return rules
 
     def clip(self, value) -> tuple[str, float]:

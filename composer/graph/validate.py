@@ -188,19 +188,7 @@ def _trainable_reach(spec: GraphSpec) -> list[GraphError]:
     return errors
 
 
-GUARDS = ("negatives (a queue or in-batch negatives)", "a stop-gradient on one branch", "an EMA (momentum) branch",
-          "an asymmetric predictor", "centering and sharpening")
-
-
 def _collapse_warnings(spec: GraphSpec) -> list[str]:
-    """Warn when a joint-embedding graph has none of the guards against representation collapse."""
-    losses = [n for n in spec.nodes.values() if n.kind == "call" and spec.blocks[n.block].info.family == "loss"]
-    families = {b.info.family for b in spec.blocks.values()}
-    has_sg = any(e.sg for n in spec.nodes.values() for e in n.inputs.values())
-    guarded = has_sg or families & {"teacher", "memory"} or any(
-        getattr(spec.blocks[n.block].info.cls, "uses_negatives", False)
-        or getattr(spec.blocks[n.block].info.cls, "reconstructs", False) for n in losses)
-    if guarded or not losses:
-        return []
-    return [f"{spec.path}: warning: graph {spec.name!r} looks like a joint-embedding method with none of the guards "
-            f"against collapse: {', '.join(GUARDS)}"]
+    """Losses that nothing guards against representation collapse (the rules: ``composer.graph.collapse``)."""
+    from composer.graph.collapse import collapse_warnings
+    return collapse_warnings(spec)

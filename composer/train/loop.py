@@ -37,7 +37,8 @@ from composer.runtime.errors import UserError
 from composer.train import checkpoint, launch
 from composer.train.batches import make_loader, steps_per_epoch
 from composer.train.monitor import collapse_scalars, embedding_of
-from composer.train.optim import build_optimizer, clip_gradients, freeze_gradients, set_hyperparameters
+from composer.train.optim import (build_optimizer, clip_gradients, freeze_gradients, group_values,
+                                  set_hyperparameters)
 from composer.train.runlog import RunLog, write_run_files
 
 
@@ -111,6 +112,8 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     model.bind_schedules(total, spe)
     lr_schedule, wd_schedule = cfg.lr.bind(total, spe), cfg.weight_decay.bind(total, spe)
     lr_factor = cfg.lr_factor()
+    for group in cfg.param_groups:
+        group.bind(total, spe)
     if cfg.sync_bn and env.world_size > 1:
         if env.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -170,7 +173,7 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             epoch = step // spe
             lr = lr_schedule.at(step) * lr_factor
             wd = wd_schedule.at(step)
-            set_hyperparameters(optimizer, lr, wd)
+            set_hyperparameters(optimizer, lr, wd, group_values(cfg, step))
 
             # ---- forward / backward over the micro-batches; gradients are all-reduced on the last one
             sums = torch.zeros(1 + len(objective_terms), device=env.device)

@@ -38,7 +38,7 @@ class DVAELoss(nn.Module):
         logits: (B, K, h, w) the encoder logits (``tokenizer.dvae``'s ``logits``).
     """
 
-    reconstructs = True  # a reconstruction objective: no collapse guard is needed
+    collapse_guard = "a reconstruction target"  # a fixed target cannot collapse (composer.graph.collapse)
 
     def __init__(self, *, kl_weight: float = 0.0):
         super().__init__()

@@ -46,7 +46,7 @@ class TokenSigmoidFocalLoss(nn.Module):
             a target outside the last ("no object") position.
     """
 
-    reconstructs = True  # a reconstruction target cannot collapse (read by the validator's collapse warning)
+    collapse_guard = "supervised targets (boxes and phrases)"  # fixed targets cannot collapse (composer.graph.collapse)
 
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()

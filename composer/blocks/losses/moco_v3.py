@@ -39,7 +39,7 @@ class MoCoV3Loss(nn.Module):
         key: (2, N, D) momentum-encoder outputs of view 0 and view 1 (``k1``, ``k2``), through ``!sg``.
     """
 
-    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+    collapse_guard = "negatives"  # the loss is its own guard against collapse (composer.graph.collapse)
 
     def __init__(self, *, temperature: float = 1.0):
         super().__init__()

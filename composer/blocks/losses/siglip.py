@@ -49,7 +49,7 @@ class SigLIPLoss(nn.Module):
         logit_bias: () b, the logit bias (init -10; big_vision SigLIP_demo ``bias_init=-10``).
     """
 
-    uses_negatives = True  # negatives in the loss guard against collapse (read by the validator's collapse warning)
+    collapse_guard = "negatives"  # the loss is its own guard against collapse (composer.graph.collapse)
 
     def __init__(self, *, chunk_size: int | None = None):
         super().__init__()
