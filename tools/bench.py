@@ -1,13 +1,16 @@
 """Benchmarks, each measured side by side in one run and reported as ratios (machines here are shared and noisy).
 
     python tools/bench.py                 # everything
-    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking
+    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, shards,
+                                          # tokenizers
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
 - data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
+- shards, tokenizers: the ``wds:`` shard reader against the image-folder reader (images/s, same JPEGs), and
+  ``tokenizer.clip_bpe`` against open_clip (captions/s); see tools/bench_shards.py.
 """
 from __future__ import annotations
 
@@ -129,6 +132,12 @@ def main(argv: list[str]) -> None:
     try:
         import bench_masking
         SECTIONS.setdefault("masking", bench_masking.main)
+    except ImportError:
+        pass
+    try:
+        import bench_shards
+        SECTIONS.setdefault("shards", bench_shards.main)
+        SECTIONS.setdefault("tokenizers", bench_shards.tokenizers)
     except ImportError:
         pass
     chosen = argv or list(SECTIONS)

@@ -112,3 +112,17 @@ def test_too_much_damage_and_missing_shards_are_one_line(tmp_path, shards):
     assert "\n" not in str(err.value) and "4 of 4 shards missing" in str(err.value)
     with pytest.raises(ValueError, match="val=PATTERN"):
         open_dataset(f"wds:{pattern_of(shards)}", "val")
+
+
+def test_ptc_shards_writes_both_splits_and_refuses_to_overwrite(tmp_path, capsys):
+    from composer.cli import main
+    out = tmp_path / "out"
+    assert main(["shards", "shapes:n=25,size=16,seed=2", str(out), "--maxcount", "10", "--n-val", "7"]) == 0
+    spec = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("data spec: ")
+    assert spec == f"wds:{out}/train/{{00000..00002}}.tar,val={out}/val/00000.tar"
+    train, val = open_dataset(spec, "train"), open_dataset(spec, "val")
+    source = ShapesDataset(n=25, size=16, seed=2, split="val")
+    assert len(train) == 25 and len(val) == 7 and _same(val[6], source[6])
+    assert main(["shards", "shapes:n=25,size=16", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "already holds shards" in err
