@@ -9,7 +9,7 @@ import torch
 
 from composer.blocks import clip_bpe
 from composer.blocks.registry import get
-from tests.text_helpers import make_captions
+from text_helpers import make_captions
 
 CAPTIONS = make_captions(1200, seed=0)
 

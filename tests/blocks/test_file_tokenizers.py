@@ -5,7 +5,7 @@ import pytest
 
 from composer.blocks import file_tokenizers
 from composer.blocks.registry import get
-from tests.text_helpers import make_captions
+from text_helpers import make_captions
 
 CAPTIONS = make_captions(1200, seed=0)
 
