@@ -1,7 +1,8 @@
 """Benchmarks, each measured side by side in one run and reported as ratios (machines here are shared and noisy).
 
     python tools/bench.py                 # everything
-    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, expr
+    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, expr,
+                                          # shards, tokenizers
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
@@ -9,6 +10,8 @@
 - load: loading plus building every shipped graph (target: under one second each).
 - data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
 - expr: an expression loss against the hand-written block it equals, eager and compiled (tools/bench_expr.py).
+- shards, tokenizers: the ``wds:`` shard reader against the image-folder reader (images/s, same JPEGs), and
+  ``tokenizer.clip_bpe`` against open_clip (captions/s); see tools/bench_shards.py.
 """
 from __future__ import annotations
 
@@ -134,6 +137,12 @@ def main(argv: list[str]) -> None:
         pass
     import bench_expr
     SECTIONS.setdefault("expr", bench_expr.main)
+    try:
+        import bench_shards
+        SECTIONS.setdefault("shards", bench_shards.main)
+        SECTIONS.setdefault("tokenizers", bench_shards.tokenizers)
+    except ImportError:
+        pass
     chosen = argv or list(SECTIONS)
     for name in chosen:
         if name not in SECTIONS:

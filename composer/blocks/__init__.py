@@ -14,6 +14,7 @@ from composer.blocks import (  # noqa: F401  (importing a module registers its b
     teacher,
     text,
     text_encoder,
+    text_tokenizers,
     tokenizers,
     vit,
 )

@@ -81,6 +81,12 @@ class ByteTokenizer(nn.Module):
 
     stage = "data"
     vocab_size = VOCAB_SIZE
+    eot_is_largest = True
+
+    @classmethod
+    def text_vocab(cls, **params) -> tuple[int, bool]:
+        """(vocab size, end token is the largest id) for the graph validator."""
+        return cls.vocab_size, cls.eot_is_largest
 
     def __init__(self, *, context_length: int = 77):
         super().__init__()
@@ -99,7 +105,7 @@ class ByteTokenizer(nn.Module):
         for i, text in enumerate(caption):
             row = encode(text, t)
             ids[i, :len(row)] = torch.tensor(row)
-        mask = (ids != PAD).long()
+        mask = (ids != PAD).long()  # right for bytes (no real token is 0); BPE tokenizers use lengths
         positive = [self.positive_map(text, boxes) for text, boxes in zip(caption, spans)] if spans is not None \
             else [torch.zeros(0, t) for _ in caption]
         return Tokens(ids, mask, positive)

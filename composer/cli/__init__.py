@@ -13,7 +13,7 @@ from composer.cli.common import EXIT_USER_ERROR, print_errors
 from composer.runtime.errors import GraphError, GraphErrors, UserError
 
 # command → module under composer.cli; the first line of the module's docstring is its help
-COMMANDS = ("check", "blocks", "schema", "train", "eval", "export", "render", "explain", "diff", "zeroshot")
+COMMANDS = ("check", "blocks", "schema", "train", "eval", "export", "render", "explain", "diff", "zeroshot", "shards")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""zero-shot evaluation of a vision-language run: ptc zeroshot RUN [--data SPEC] [--template T] [--random-init]
+"""zero-shot evaluation of a vision-language run: ptc zeroshot RUN [--data SPEC] [--template T | --templates SET]
+[--random-init]
 
 CLIP / SigLIP runs: zero-shot top-1 on the validation split with prompt templates; GLIP runs: phrase-grounding
 recall@1 at an IoU. The evaluation itself is ``composer.evaluate.zeroshot``.
@@ -11,6 +12,7 @@ import json
 from torch.utils.data import Subset
 
 from composer.data.spec import open_dataset
+from composer.evaluate.templates import TEMPLATE_SETS
 from composer.evaluate.zeroshot import TEMPLATES, grounding_recall, is_grounding, zero_shot_accuracy
 from composer.runtime.errors import UserError
 from composer.train.runlog import open_run
@@ -23,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", help="evaluate the model at its initialisation")
     p.add_argument("--template", action="append", default=None, metavar="TEXT",
                    help="prompt template with {} for the class name (repeatable; default 'a photo of a {}.')")
+    p.add_argument("--templates", choices=sorted(TEMPLATE_SETS), default=None,
+                   help="a named template set: imagenet80 (CLIP's 80 ImageNet prompts) or photo (the default)")
     p.add_argument("--n-val", type=int, default=1000, help="validation samples (default 1000)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU for a grounding hit (default 0.5)")
     p.add_argument("--device", default="cpu")
@@ -39,7 +43,9 @@ def run(args) -> int:
             result = {"task": "grounding", **grounding_recall(model, data, args.iou, device=args.device)}
         else:
             classes = list(getattr(full, "classes", []))
-            templates = tuple(args.template or TEMPLATES)
+            if args.template and args.templates:
+                raise ValueError("zeroshot: give --template or --templates, not both")
+            templates = tuple(args.template or TEMPLATE_SETS.get(args.templates or "", TEMPLATES))
             acc = zero_shot_accuracy(model, data, classes, templates, device=args.device)
             result = {"task": "classification", "top1": acc, "chance": 1 / len(classes), "templates": templates}
     except (ValueError, FileNotFoundError) as e:

@@ -9,6 +9,8 @@ that read files, followed by ``key=value`` options:
     cifar10:ROOT  cifar100:ROOT  stl10:ROOT  local copies; add ",download=true" to fetch them
     csv:FILE.csv[,img_key=filepath,caption_key=caption,sep=\\t]
     grounding:FILE.json[,images=DIR]
+    wds:SHARDS[,val=SHARDS,max_errors=1000]  WebDataset shards by brace pattern, e.g. shards/{00000..00099}.tar
+                                             (val= names the validation split's shards; ``::`` joins patterns)
 
 Paths cannot contain commas.
 """
@@ -24,6 +26,15 @@ from composer.data.captions import CaptionCSV
 from composer.data.folders import CIFAR10, CIFAR100, STL10, ImageFolderDataset
 from composer.data.grounding import GroundingJSON
 from composer.data.shapes import ShapesDataset
+from composer.data.shards import ShardDataset
+
+
+def _shards(path: str, split: str, val: str | None = None, **options) -> Dataset:
+    if split == "val":
+        if val is None:
+            raise ValueError("data spec wds: the validation split needs its shards: add ,val=PATTERN")
+        path = val
+    return ShardDataset(path, **options)
 
 
 def _bool(text: str) -> bool:
@@ -50,6 +61,7 @@ KINDS: dict[str, tuple[bool, dict[str, Callable[[str], object]], Callable[..., D
     "csv": (True, {"img_key": str, "caption_key": str, "sep": _separator},
             lambda path, split, **o: CaptionCSV(path, **o)),
     "grounding": (True, {"images": str}, lambda path, split, **o: GroundingJSON(path, **o)),
+    "wds": (True, {"val": str, "max_errors": int}, _shards),
 }
 
 

@@ -8,6 +8,7 @@ all found are raised together as ``GraphErrors``. Warnings (collapse guards) are
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import networkx as nx
 
@@ -31,7 +32,7 @@ def check(spec: GraphSpec, dry_run: bool = True) -> Report:
     if errors:
         raise GraphErrors(errors)
     assign_stages(spec)
-    errors += _stop_gradients(spec) + _stages(spec)
+    errors += _stop_gradients(spec) + _stages(spec) + _text_vocab(spec)
     if errors:
         raise GraphErrors(errors)
     values = {}
@@ -118,6 +119,53 @@ def _train_section(spec: GraphSpec) -> list[GraphError]:
     except GraphError as e:
         return [e]
     return []
+
+
+def _param(bs, name: str):
+    """A block's parameter as written, else its declared default (None when it has neither)."""
+    if name in bs.params:
+        return bs.params[name]
+    param = bs.info.params.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _text_vocab(spec: GraphSpec) -> list[GraphError]:
+    """A text encoder's ``ids`` from a tokenizer: the embedding table has the tokenizer's vocabulary size, the
+    positions cover its context length, and ``pool: argmax`` needs the end token to be the largest id (CLIP
+    pools at ``ids.argmax(-1)``, openai/CLIP · clip/model.py · encode_text)."""
+    errors = []
+    for node in spec.nodes.values():
+        if node.kind != "call" or "ids" not in node.inputs:
+            continue
+        encoder = spec.blocks[node.block]
+        src = spec.nodes.get(node.inputs["ids"].src)
+        while src is not None and src.kind == "alias":
+            src = spec.nodes.get(src.inputs["value"].src)
+        if src is None or src.kind != "call" or _param(encoder, "vocab_size") is None:
+            continue
+        tokenizer = spec.blocks[src.block]
+        if not hasattr(tokenizer.info.cls, "text_vocab"):
+            continue
+        params = {k: _param(tokenizer, k) for k in tokenizer.info.params if _param(tokenizer, k) is not None}
+        try:
+            vocab, eot_largest = tokenizer.info.cls.text_vocab(**params)
+        except (ValueError, TypeError, OSError, RuntimeError):
+            continue  # an unreadable tokenizer file: building the block reports it in one line
+        where = f"block {node.block!r} ({encoder.kind}) reads ids from {src.block!r} ({tokenizer.kind})"
+        if _param(encoder, "vocab_size") != vocab:
+            errors.append(GraphError(f"{where}, whose vocabulary has {vocab} ids, but its vocab_size is "
+                                     f"{_param(encoder, 'vocab_size')}", encoder.loc, node=node.block,
+                                     expected=f"vocab_size: {vocab}"))
+        t_enc, t_tok = _param(encoder, "context_length"), _param(tokenizer, "context_length")
+        if t_enc is not None and t_tok is not None and t_tok > t_enc:
+            errors.append(GraphError(f"{where} with context_length {t_tok}, more than the encoder's {t_enc}",
+                                     encoder.loc, node=node.block, expected=f"context_length: {t_tok}"))
+        if _param(encoder, "pool") == "argmax" and not eot_largest:
+            errors.append(GraphError(f"{where}: pool 'argmax' picks the largest id, which is not this "
+                                     f"tokenizer's end token", encoder.loc, node=node.block,
+                                     expected="pool: last or first (or a tokenizer whose end token has the "
+                                              "largest id, like tokenizer.clip_bpe)"))
+    return errors
 
 
 def _from_loss(spec, name, seen=None) -> bool:
