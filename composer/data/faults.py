@@ -47,3 +47,27 @@ def first_readable(dataset, index: int, limit: int) -> tuple[object, tuple[tuple
         except (SampleError, OSError) as e:
             skipped.append(describe(e, i))
     return None, tuple(skipped)
+
+
+class SkipUnreadable:
+    """``dataset`` whose unreadable samples are replaced by the next readable ones (``first_readable``);
+    ``skipped`` collects ``file: cause`` of those met in this process (the probes read in the main process).
+
+    More than ``limit`` unreadable samples in a row is a ``SampleError`` naming them.
+    """
+
+    def __init__(self, dataset, limit: int = 10):
+        self.dataset, self.limit = dataset, limit
+        self.skipped: dict[str, str] = {}
+        self.classes = getattr(dataset, "classes", [])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample, skipped = first_readable(self.dataset, index, self.limit)
+        self.skipped.update(skipped)
+        if sample is None:
+            names = ", ".join(where for where, _ in skipped[:5])
+            raise SampleError(skipped[0][0], f"and {len(skipped) - 1} unreadable samples after it: {names}")
+        return sample

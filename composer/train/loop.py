@@ -302,7 +302,7 @@ class _OnlineProbe:
     def __init__(self, opts: TrainOptions, data_spec: str, main: bool):
         self.enabled = main and opts.probe_every >= 0
         self.spec, self.n_train, self.n_val = opts.probe_data or data_spec, opts.probe_train, opts.probe_val
-        self.data = None
+        self.data, self.warned = None, 0
 
     def maybe(self, log: RunLog, model, env: launch.Launch, step: int) -> None:
         if not self.enabled or model.spec.embedding is None:
@@ -313,5 +313,8 @@ class _OnlineProbe:
         t0 = time.perf_counter()
         with torch.no_grad():
             acc = probe.run(model, self.data, "knn", env.device)
+        for where, cause in list(self.data.skipped.items())[self.warned:]:
+            log.message(f"warning: the online probe skipped an unreadable image: {where} ({cause})")
+        self.warned = len(self.data.skipped)
         log.log(step, {"probe/knn": acc, "probe/seconds": time.perf_counter() - t0})
         log.message(f"step {step}: kNN probe top-1 {acc:.3f}")
