@@ -1,13 +1,13 @@
 """Benchmarks, each measured side by side in one run and reported as ratios (machines here are shared and noisy).
 
     python tools/bench.py                 # everything
-    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking
+    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, checkpoint
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
-- data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
+- data, masking, checkpoint: see tools/bench_data.py, tools/bench_masking.py and tools/bench_checkpoint.py.
 """
 from __future__ import annotations
 
@@ -124,6 +124,11 @@ def main(argv: list[str]) -> None:
     try:
         import bench_data
         SECTIONS.setdefault("data", bench_data.main)
+    except ImportError:
+        pass
+    try:
+        import bench_checkpoint
+        SECTIONS.setdefault("checkpoint", bench_checkpoint.main)
     except ImportError:
         pass
     try:

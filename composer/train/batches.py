@@ -12,6 +12,11 @@ The collate function seeds all three from ``(seed, epoch, k, j, rank)`` before r
 pure function of its position, whatever worker builds it and however the run was interrupted. In the main
 process (``num_workers=0``) the generators are forked, so the model's own random stream is left untouched.
 
+Unreadable samples. A file that cannot be decoded is replaced by the next readable sample of the dataset
+(``composer.data.faults``), so batches keep their size on every rank; the files passed over travel with the
+batch as ``(file, cause)`` pairs, and the trainer counts them in its own process (``SkippedSamples``), whichever
+worker met them, and stops past ``--max-bad-samples``.
+
 Threads. Tiny-image augmentations are 25-100x slower with 2 threads than with 1 on small CPUs (thread start-up
 dominates), so the data stage always runs single-threaded: in workers for good, in the main process around
 the call.

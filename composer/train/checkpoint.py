@@ -6,8 +6,8 @@ numbers, strings, lists, dicts), so ``torch.load(..., weights_only=True)`` reads
     format: 2                   step: optimizer steps taken     epoch: the epoch of the next step
     model: state_dict           optimizer: state_dict            rng: per-rank torch RNG states (CPU, CUDA)
     world_size: W               run: the trainer options (data spec, seed ...) for ``ptc eval``
-    checksum: "sha256:<hex>"    of everything else (``digest``): every tensor's dtype, shape and bytes, every
-                                key and plain value, in order
+    checksum: "sha256:<hex>"    of everything else (``composer.runtime.checksum.digest``): every tensor's
+                                dtype, shape and bytes, every key and plain value, in order
 
 Why a checksum of our own: torch's zip reader does not check the CRC of the tensor records, so bytes flipped on
 disk load without complaint. The digest travels inside the file, so file and checksum are written (and renamed)
@@ -24,7 +24,6 @@ holding diverged weights ``step-N.pt.diverged``; both are outside ``list_checkpo
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from composer.runtime.checksum import digest
 
 FORMAT = 2
 _READABLE_FORMATS = (1, 2)
@@ -63,35 +64,7 @@ def path_for(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
 
 
-# ------------------------------------------------------------------ content checksum and finiteness
-
-def digest(state: dict) -> str:
-    """``sha256:<hex>`` of ``state`` without its ``checksum`` key: for each value in order, its type tag and,
-    for tensors, dtype, shape and raw bytes (read on the CPU); for dicts, each key then its value."""
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != "checksum"})
-    return "sha256:" + h.hexdigest()
-
-
-def _feed(h, obj) -> None:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        t = t.cpu() if t.device.type != "cpu" else t
-        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
-        if t.numel():  # a uint8 view of the contiguous bytes: no copy for contiguous tensors (all state dicts)
-            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)};".encode())
-        for key, value in obj.items():
-            _feed(h, key)
-            _feed(h, value)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)};".encode())
-        for value in obj:
-            _feed(h, value)
-    else:  # int, float, str, bool, None, torch.Size ...: their repr is exact and stable
-        h.update(f"{type(obj).__name__}:{obj!r};".encode())
-
+# ------------------------------------------------------------------ finiteness
 
 def nonfinite(state: dict, parts: tuple[str, ...] = ("model", "optimizer")) -> list[str]:
     """The names (``model/encoder.w``, ``optimizer/state/3/exp_avg``) of floating-point tensors under ``parts``

@@ -12,7 +12,7 @@ One optimizer step, in order (every state update happens after the step):
     freeze   → gradients of ``train.freeze`` parameters dropped (DINO's last layer in epoch 0)
     clip     → global or per-parameter gradient norms
     optimizer.step(); model.update(outputs, step)   (EMA teachers, queues, centres, clamps)
-    log, online kNN probe, checkpoint (rank 0)
+    log, online kNN probe, checkpoint (rank 0; from finite weights only, checksummed, see composer.train.runstate)
 
 Processes: under ``torchrun`` every process runs this loop on its own micro-batches (``composer.train.batches``)
 with the model wrapped in DDP (``broadcast_buffers=False``: memories stay identical because their updates
