@@ -111,16 +111,20 @@ class SkippedSamples:
     def __init__(self, limit: int, warn, files: dict[str, str] | None = None):
         self.limit, self.warn, self.files = limit, warn, dict(files or {})
 
-    def add(self, skipped) -> None:
+    def add(self, skipped, batch_missing: bool = False) -> None:
+        """Count ``skipped`` (``(file, cause)`` pairs); stop past the limit, or when ``batch_missing`` (no
+        readable sample could stand in: every sample of a small dataset is unreadable)."""
         for where, cause in skipped:
             if where not in self.files:
                 self.files[where] = cause
                 self.warn(f"warning: skipped an unreadable sample: {where} ({cause}); {len(self.files)} so far, "
                           f"at most {self.limit} allowed (--max-bad-samples)")
-        if len(self.files) > self.limit:
+        if len(self.files) > self.limit or batch_missing:
             names = list(self.files)
             more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-            raise TooManyBadSamples(f"{len(names)} unreadable samples, more than --max-bad-samples {self.limit}: "
+            raise TooManyBadSamples(f"{len(names)} unreadable samples, "
+                                    f"{'more than' if len(names) > self.limit else 'and no readable one within'} "
+                                    f"--max-bad-samples {self.limit}: "
                                     f"{', '.join(names[:5])}{more}; repair or remove them, or raise "
                                     f"--max-bad-samples")
 

@@ -183,7 +183,7 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                 t0 = time.perf_counter()
                 _, batch, bad = next(batches)
                 data_time += time.perf_counter() - t0
-                skipped.add(bad)  # warns about new unreadable files; stops past --max-bad-samples
+                skipped.add(bad, batch is None)  # warns about new unreadable files; stops past --max-bad-samples
                 batch = _to_device(batch, env.device)
                 if ddp is not model:
                     ddp.require_backward_grad_sync = j == cfg.accumulate - 1

@@ -98,3 +98,19 @@ def test_export_and_render_to_unwritable_places_are_one_line(tmp_path, capsys):
             assert line.startswith(f"{diagram}: ") and ("cannot write the diagram" in line or "is a folder" in line)
     assert blocker.read_text() == "x"
     assert ptc_main(["export", str(run), "-o", str(tmp_path / "ok.safetensors")]) == 0
+
+
+def test_skipped_samples_warn_once_each_and_stop_past_the_limit():
+    import pytest
+
+    from composer.train.batches import SkippedSamples, TooManyBadSamples
+    said = []
+    count = SkippedSamples(2, said.append, {"a.png": "truncated"})          # one met before a resume
+    count.add([("b.png", "not an image"), ("a.png", "truncated")])
+    count.add([("b.png", "not an image")])                                   # met again in the next epoch
+    assert len(count) == 2 and len(said) == 1 and "b.png" in said[0]
+    with pytest.raises(TooManyBadSamples, match=r"3 unreadable samples, more than --max-bad-samples 2: "
+                                                r"a.png, b.png, c.png;"):
+        count.add([("c.png", "EIO")])
+    with pytest.raises(TooManyBadSamples, match="1 unreadable samples, and no readable one within"):
+        SkippedSamples(5, said.append).add([("only.png", "truncated")], batch_missing=True)
