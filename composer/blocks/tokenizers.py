@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from composer.blocks.registry import block
-from composer.runtime.checksum import matches
 from composer.runtime.schedules import Schedule
 
 
@@ -221,9 +220,6 @@ def _encoder_state(checkpoint: str, made_by: str, source: str, encoder: nn.Modul
     except Exception as e:  # truncated or foreign file: one line naming it
         raise ValueError(f"tokenizer.frozen: cannot read {path} ({type(e).__name__}); remake it with "
                          f"`{made_by}`") from None
-    if isinstance(state, dict) and "checksum" in state and not matches(state):
-        raise ValueError(f"tokenizer.frozen: {path} is corrupt (its content no longer matches its checksum); "
-                         f"use an intact checkpoint of the tokenizer run or remake it with `{made_by}`")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a pretext-composer run checkpoint
         prefix = source + "."
         state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}

@@ -26,7 +26,6 @@ import graphviz
 
 from composer.graph.compile import assign_stages, grad_nodes
 from composer.graph.spec import Edge, GraphSpec
-from composer.runtime.files import write_atomically
 
 FORMATS = ("svg", "png", "pdf", "dot")
 FILL = {"augment": "#fff2cc", "mask": "#fff2cc", "tokenizer": "#e1d5e7", "encoder": "#dae8fc",
@@ -322,5 +321,6 @@ def render(spec: GraphSpec, path, fmt: str | None = None, shapes=None, legend: b
 
 
 def write(dot: graphviz.Digraph, path: Path, fmt: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = dot.source.encode() if fmt == "dot" else dot.pipe(format=fmt)
-    write_atomically(path, data, "diagram")
+    path.write_bytes(data)

@@ -2,7 +2,7 @@
 key and plain value, in order (the ``checksum`` key itself left out).
 
 It lives in the runtime so that every reader of run checkpoints can verify them: the trainer
-(``composer.train.checkpoint``) and blocks that load a trained model (``tokenizer.frozen``).
+(``composer.train.checkpoint``) now, blocks that load a trained model (``tokenizer.frozen``) too if they wish.
 """
 from __future__ import annotations
 
@@ -17,11 +17,6 @@ def digest(state: dict) -> str:
     h = hashlib.sha256()
     _feed(h, {k: v for k, v in state.items() if k != "checksum"})
     return "sha256:" + h.hexdigest()
-
-
-def matches(state: dict) -> bool:
-    """Whether ``state`` carries a ``checksum`` and it is ``digest(state)``."""
-    return isinstance(state, dict) and state.get("checksum") == digest(state)
 
 
 def _feed(h, obj) -> None:
