@@ -1,14 +1,14 @@
 """Benchmarks, each measured side by side in one run and reported as ratios (machines here are shared and noisy).
 
     python tools/bench.py                 # everything
-    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking, expr,
-                                          # shards, tokenizers
+    python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking,
+                                          # checkpoint, expr, shards, tokenizers
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
-- data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
+- data, masking, checkpoint: see tools/bench_data.py, tools/bench_masking.py and tools/bench_checkpoint.py.
 - expr: an expression loss against the hand-written block it equals, eager and compiled (tools/bench_expr.py).
 - shards, tokenizers: the ``wds:`` shard reader against the image-folder reader (images/s, same JPEGs), and
   ``tokenizer.clip_bpe`` against open_clip (captions/s); see tools/bench_shards.py.
@@ -122,27 +122,15 @@ def bench_load() -> None:
 
 
 SECTIONS = {"compose": bench_compose, "compile": bench_compile, "load": bench_load}
+# section → (module in tools/, its function); each file holds one benchmark with its own docstring
+MORE = {"data": ("bench_data", "main"), "masking": ("bench_masking", "main"), "checkpoint": ("bench_checkpoint", "main"),
+        "expr": ("bench_expr", "main"), "shards": ("bench_shards", "main"), "tokenizers": ("bench_shards", "tokenizers")}
 
 
 def main(argv: list[str]) -> None:
-    try:
-        import bench_data
-        SECTIONS.setdefault("data", bench_data.main)
-    except ImportError:
-        pass
-    try:
-        import bench_masking
-        SECTIONS.setdefault("masking", bench_masking.main)
-    except ImportError:
-        pass
-    import bench_expr
-    SECTIONS.setdefault("expr", bench_expr.main)
-    try:
-        import bench_shards
-        SECTIONS.setdefault("shards", bench_shards.main)
-        SECTIONS.setdefault("tokenizers", bench_shards.tokenizers)
-    except ImportError:
-        pass
+    import importlib
+    for name, (module, function) in MORE.items():
+        SECTIONS.setdefault(name, getattr(importlib.import_module(module), function))
     chosen = argv or list(SECTIONS)
     for name in chosen:
         if name not in SECTIONS:

@@ -65,7 +65,7 @@ def bench_data(report=_print, graph: str = GRAPH, variant: str | None = VARIANT,
         next(it)  # workers started, first batch in
         t = time.perf_counter()
         for _ in range(batches):
-            _, batch = next(it)
+            _, batch, _ = next(it)
         dt = time.perf_counter() - t
         del it
         put(f"load images/s, {workers} workers", batches * batch_size / dt, "img/s")

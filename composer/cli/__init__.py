@@ -1,6 +1,7 @@
 """The ``ptc`` command line: one module per command, each with ``add_arguments(parser)`` and ``run(args)``.
 
-Every user mistake ends in one line per error and exit status 2 (``--debug`` shows the traceback).
+Every user mistake, and every file-system error (a full disk, a read-only or missing folder), ends in one line
+per error naming the path, and exit status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 
 from composer.cli.common import EXIT_USER_ERROR, print_errors
-from composer.runtime.errors import GraphError, GraphErrors, UserError
+from composer.runtime.errors import GraphError, GraphErrors, UserError, os_error_line
 
 # command → module under composer.cli; the first line of the module's docstring is its help
 COMMANDS = ("check", "blocks", "schema", "train", "eval", "export", "render", "explain", "diff", "zeroshot", "shards")
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except (GraphErrors, GraphError, UserError) as e:
         print_errors(e, args)
+        return EXIT_USER_ERROR
+    except OSError as e:  # a file-system error no command explained: still one line with the path
+        print_errors(UserError(os_error_line(e)), args)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

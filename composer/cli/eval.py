@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from composer.evaluate import embed
 from composer.runtime.errors import UserError
@@ -46,6 +47,9 @@ def run(args) -> int:
         acc = embed.run(model, data, args.probe, args.device, k=args.k)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e).splitlines()[0]) from None
+    for where, cause in data.skipped.items():
+        print(f"warning: skipped an unreadable image: {where} ({cause}); the next readable one stood in",
+              file=sys.stderr)
     where = "random initialisation" if args.random_init else str(path)
     if args.json:
         print(json.dumps({"probe": args.probe, "top1": acc, "data": spec, "weights": where,

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from composer.cli.common import graph_options, load_and_check
-from composer.runtime.errors import UserError
+from composer.runtime.errors import UserError, os_error_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +31,11 @@ def run(args) -> int:
     if args.shapes:
         from composer.draw.measure import symbolic_shapes
         shapes = symbolic_shapes(spec)
-    render(spec, out, fmt, shapes=shapes, legend=not args.no_legend)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; expected the path of the diagram to write")
+    try:
+        render(spec, out, fmt, shapes=shapes, legend=not args.no_legend)
+    except OSError as e:  # a read-only folder, a path under a file, a full disk: one line naming the output
+        raise UserError(os_error_line(e, out, "cannot write the diagram")) from None
     print(out)
     return 0

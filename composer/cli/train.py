@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from composer.runtime.errors import UserError
+from composer.runtime.errors import UserError, os_error_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<graph name>)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_OR_CKPT",
                    help="continue from the newest checkpoint of --out (or of the given run folder/checkpoint)")
+    p.add_argument("--fallback", action="store_true",
+                   help="with --resume: if that checkpoint is corrupt, resume from the newest intact one (the "
+                        "corrupt files are kept as *.pt.corrupt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds an earlier run's metrics but no checkpoint")
+    p.add_argument("--max-bad-samples", type=int, default=10, metavar="N",
+                   help="unreadable images skipped with a warning before the run stops (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast")
@@ -60,19 +67,22 @@ def run(args) -> int:
         overrides.update({"train.steps": args.steps, "train.epochs": None})
     if args.batch_size is not None:
         overrides["train.batch_size"] = args.batch_size
-    for name in ("epochs", "steps", "batch_size", "workers", "log_every"):
+    for name in ("epochs", "steps", "batch_size", "workers", "log_every", "max_bad_samples"):
         value = getattr(args, name)
-        if value is not None and value < (0 if name == "workers" else 1):
+        if value is not None and value < (0 if name in ("workers", "max_bad_samples") else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     spec = load(args.graph, overrides, args.variant)
     opts = TrainOptions(
         data=args.data, out=args.out, seed=args.seed, device=args.device, precision=args.precision,
         compile=args.compile, workers=args.workers, threads=args.threads, resume=args.resume,
+        fallback=args.fallback, overwrite=args.overwrite, max_bad_samples=args.max_bad_samples,
         ckpt_every=args.ckpt_every, keep=args.keep,
         log_every=args.log_every, probe_every=args.probe_every, probe_data=args.probe_data,
         probe_train=args.probe_train, probe_val=args.probe_val, profile=args.profile, progress=not args.no_progress)
     try:
         train(spec, opts)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, ValueError) as e:
         raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    except OSError as e:  # a file-system error writing the run folder (full disk, read-only, removed ...)
+        raise UserError(os_error_line(e)) from e
     return 0

@@ -19,6 +19,8 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 
+from composer.data.faults import SampleError
+
 _EVAL_SPLITS = ("val", "test")  # both name the held-out split of datasets that publish one
 
 
@@ -26,12 +28,20 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file to uint8 RGB (3, H, W) with PIL (grayscale, palette and alpha images become RGB).
 
     PIL rather than ``torchvision.io``, whose decoders are deprecated from torchvision 0.29.
+
+    Raises:
+        FileNotFoundError: no such file.
+        SampleError: the file cannot be read or decoded (truncated, not an image, an I/O error); one line.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as img:
-        array = np.array(img.convert("RGB"))  # (H, W, 3), a copy that owns its memory
+    try:
+        with Image.open(path) as img:
+            array = np.array(img.convert("RGB"))  # (H, W, 3), a copy that owns its memory
+    except Exception as e:  # PIL's decoders raise OSError, SyntaxError, struct.error ... on damaged bytes
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise SampleError(path, f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__) from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

@@ -52,14 +52,26 @@ class ProbeData:
     val: object
 
     @classmethod
-    def open(cls, spec: str, n_train: int | None, n_val: int | None) -> "ProbeData":
+    def open(cls, spec: str, n_train: int | None, n_val: int | None, max_bad: int = 10) -> "ProbeData":
+        """Unreadable images (up to ``max_bad`` in a row) are replaced by the next readable ones; ``skipped``
+        then names them."""
+        from composer.data.faults import SkipUnreadable
         from composer.data.spec import open_dataset
-        train, val = open_dataset(spec, "train"), open_dataset(spec, "val")
+        train = SkipUnreadable(open_dataset(spec, "train"), max_bad)
+        val = SkipUnreadable(open_dataset(spec, "val"), max_bad)
         if n_train is not None and n_train < len(train):
             train = Subset(train, range(n_train))
         if n_val is not None and n_val < len(val):
             val = Subset(val, range(n_val))
         return cls(train, val)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``file: cause`` of the unreadable images replaced so far (both splits)."""
+        found = {}
+        for part in (self.train, self.val):
+            found.update(getattr(part.dataset if isinstance(part, Subset) else part, "skipped", {}))
+        return found
 
 
 def features(model, data: ProbeData, device, batch_size: int = 256) -> tuple[Tensor, ...]:

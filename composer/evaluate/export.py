@@ -26,6 +26,7 @@ the weights are loaded into the timm model and its output compared with the bloc
 from __future__ import annotations
 
 from composer.runtime.errors import UserError
+from composer.runtime.files import write_atomically
 
 
 def timm_state(encoder, params: dict | None = None) -> tuple[dict, dict, object]:
@@ -95,7 +96,7 @@ def _verify(encoder, timm_model) -> None:
 
 def export_embedding(model, output, checkpoint=None) -> dict:
     """Write ``model``'s embedding block to ``output`` (safetensors) after checking timm reproduces it → metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from composer.blocks.teacher import EMATeacher
     name = model.spec.embedding
@@ -108,5 +109,5 @@ def export_embedding(model, output, checkpoint=None) -> dict:
     tensors, meta, timm_model = timm_state(encoder, params)
     meta.update({"graph": model.spec.name, "block": name, "checkpoint": str(checkpoint), "tensors": str(len(tensors))})
     _verify(encoder, timm_model)
-    save_file(tensors, str(output), metadata=meta)
+    write_atomically(output, save(tensors, metadata=meta), "export")
     return meta

@@ -45,3 +45,18 @@ class GraphErrors(Exception):
 
 class UserError(Exception):
     """A mistake outside a graph file (a bad data spec, a missing run folder, an unwritable path): one line."""
+
+
+def os_error_line(error: OSError, path=None, doing: str = "") -> str:
+    """One line for a file-system error: ``PATH: DOING failed: No space left on device [ENOSPC]``.
+
+    ``path`` defaults to the file the error names; ``doing`` (e.g. "cannot write the metrics") replaces the
+    generic wording."""
+    import errno
+    if error.errno is None and path is None:  # raised with a message of ours (e.g. "image folder: not found")
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    where = path if path is not None else error.filename
+    code = errno.errorcode.get(error.errno or 0)
+    reason = (error.strerror or str(error) or type(error).__name__) + (f" [{code}]" if code else "")
+    head = f"{where}: " if where is not None else ""
+    return f"{head}{doing or 'file-system error'} ({reason})"

@@ -12,6 +12,11 @@ The collate function seeds all three from ``(seed, epoch, k, j, rank)`` before r
 pure function of its position, whatever worker builds it and however the run was interrupted. In the main
 process (``num_workers=0``) the generators are forked, so the model's own random stream is left untouched.
 
+Unreadable samples. A file that cannot be decoded is replaced by the next readable sample of the dataset
+(``composer.data.faults``), so batches keep their size on every rank; the files passed over travel with the
+batch as ``(file, cause)`` pairs, and the trainer counts them in its own process (``SkippedSamples``), whichever
+worker met them, and stops past ``--max-bad-samples``.
+
 Threads. Tiny-image augmentations are 25-100x slower with 2 threads than with 1 on small CPUs (thread start-up
 dominates), so the data stage always runs single-threaded: in workers for good, in the main process around
 the call.
@@ -26,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from composer.data.collate import collate
+from composer.data.faults import first_readable
+from composer.runtime.errors import UserError
 
 
 class RunSampler(Sampler):
@@ -72,17 +79,57 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 class Tagged(Dataset):
-    """``dataset[(tag, index)]`` → ``(tag, dataset[index])``: carries the batch position to the collate function."""
+    """``dataset[(tag, index)]`` → ``(tag, sample, skipped)``: carries the batch position to the collate function.
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    An unreadable sample is replaced by the next readable one (``composer.data.faults.first_readable``, at most
+    ``max_bad`` tried past it); ``skipped`` lists ``(file, cause)`` of those passed over, so the main process can
+    count them whichever worker met them.
+    """
+
+    def __init__(self, dataset: Dataset, max_bad: int = 0):
+        self.dataset, self.max_bad = dataset, max_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item):
         tag, index = item
-        return tag, self.dataset[index]
+        sample, skipped = first_readable(self.dataset, index, self.max_bad)
+        return tag, sample, skipped
+
+
+class TooManyBadSamples(UserError):
+    """More unreadable samples than the user allows (``--max-bad-samples``)."""
+
+
+class SkippedSamples:
+    """The unreadable samples this process met: each warned about once, counted, and a stop past ``limit``.
+
+    ``files`` (``file: cause``, in the order met) goes into checkpoints, so a resumed run keeps counting.
+    """
+
+    def __init__(self, limit: int, warn, files: dict[str, str] | None = None):
+        self.limit, self.warn, self.files = limit, warn, dict(files or {})
+
+    def add(self, skipped, batch_missing: bool = False) -> None:
+        """Count ``skipped`` (``(file, cause)`` pairs); stop past the limit, or when ``batch_missing`` (no
+        readable sample could stand in: every sample of a small dataset is unreadable)."""
+        for where, cause in skipped:
+            if where not in self.files:
+                self.files[where] = cause
+                self.warn(f"warning: skipped an unreadable sample: {where} ({cause}); {len(self.files)} so far, "
+                          f"at most {self.limit} allowed (--max-bad-samples)")
+        if len(self.files) > self.limit or batch_missing:
+            names = list(self.files)
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            raise TooManyBadSamples(f"{len(names)} unreadable samples, "
+                                    f"{'more than' if len(names) > self.limit else 'and no readable one within'} "
+                                    f"--max-bad-samples {self.limit}: "
+                                    f"{', '.join(names[:5])}{more}; repair or remove them, or raise "
+                                    f"--max-bad-samples")
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 @contextlib.contextmanager
@@ -111,8 +158,10 @@ def seeded(key: tuple[int, ...], fork: bool):
 class StageCollate:
     """``collate`` then the graph's data stage, seeded from ``(seed, epoch, k, j, rank)``.
 
-    Returns ``(tag, batch)`` with ``batch`` the data stage's dict restricted to ``keep`` (the model inputs, and
-    ``label`` when present, for logging), so unused raw fields do not cross process boundaries.
+    Returns ``(tag, batch, skipped)`` with ``batch`` the data stage's dict restricted to ``keep`` (the model
+    inputs, and ``label`` when present, for logging), so unused raw fields do not cross process boundaries, and
+    ``skipped`` the ``(file, cause)`` of the unreadable samples replaced in it (``batch`` is None when one could
+    not be replaced).
     """
 
     def __init__(self, data_stage, seed: int, rank: int, keep: list[str], in_worker: bool):
@@ -121,10 +170,14 @@ class StageCollate:
 
     def __call__(self, items):
         tag = items[0][0]
-        raw = collate([sample for _, sample in items])
+        skipped = tuple(s for _, _, sk in items for s in sk)
+        samples = [sample for _, sample, _ in items]
+        if any(sample is None for sample in samples):  # nothing readable within max_bad: the trainer stops
+            return tag, None, skipped
+        raw = collate(samples)
         with seeded((self.seed, *tag, self.rank), fork=not self.in_worker), torch.no_grad():
             out = self.data_stage(raw)
-        return tag, {k: out[k] for k in self.keep if k in out}
+        return tag, {k: out[k] for k in self.keep if k in out}, skipped
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -133,11 +186,12 @@ def _worker_init(_worker_id: int) -> None:
 
 def make_loader(dataset: Dataset, data_stage, keep: list[str], *, batch_size: int, accumulate: int,
                 world_size: int, rank: int, seed: int, start_step: int, total_steps: int,
-                num_workers: int, pin_memory: bool = False) -> tuple[DataLoader, RunSampler]:
-    """The DataLoader of one run (all epochs), starting at ``start_step``."""
+                num_workers: int, pin_memory: bool = False, max_bad: int = 0) -> tuple[DataLoader, RunSampler]:
+    """The DataLoader of one run (all epochs), starting at ``start_step``; ``max_bad``: unreadable samples that
+    may be replaced by readable ones (see ``Tagged``)."""
     sampler = RunSampler(len(dataset), batch_size, accumulate, world_size, rank, seed, start_step, total_steps)
     loader = DataLoader(
-        Tagged(dataset), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        Tagged(dataset, max_bad), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         collate_fn=StageCollate(data_stage, seed, rank, keep, in_worker=num_workers > 0),
         worker_init_fn=_worker_init if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None, persistent_workers=False,

@@ -12,7 +12,7 @@ One optimizer step, in order (every state update happens after the step):
     freeze   → gradients of ``train.freeze`` parameters dropped (DINO's last layer in epoch 0)
     clip     → global or per-parameter gradient norms
     optimizer.step(); model.update(outputs, step)   (EMA teachers, queues, centres, clamps)
-    log, online kNN probe, checkpoint (rank 0)
+    log, online kNN probe, checkpoint (rank 0; from finite weights only, checksummed, see composer.train.runstate)
 
 Processes: under ``torchrun`` every process runs this loop on its own micro-batches (``composer.train.batches``)
 with the model wrapped in DDP (``broadcast_buffers=False``: memories stay identical because their updates
@@ -33,17 +33,15 @@ from composer.graph import build, check
 from composer.graph.model import Output
 from composer.graph.train_section import parse_train
 from composer.runtime import collectives
-from composer.runtime.errors import UserError
 from composer.train import checkpoint, launch
-from composer.train.batches import make_loader, steps_per_epoch
+from composer.train.batches import SkippedSamples, make_loader, steps_per_epoch
 from composer.train.monitor import collapse_scalars, embedding_of
 from composer.train.optim import (build_optimizer, clip_gradients, freeze_gradients, group_values,
                                   set_hyperparameters)
 from composer.train.runlog import RunLog, write_run_files
+from composer.train.runstate import TrainError, check_out, diverged, resume_target, save_checkpoint
 
-
-class TrainError(UserError):
-    """The run cannot go on (diverged loss, a run folder that is not ours to overwrite): one line, exit 2."""
+__all__ = ["TrainError", "TrainOptions", "train"]
 
 
 @dataclasses.dataclass
@@ -59,6 +57,9 @@ class TrainOptions:
     workers: int = 2                 # DataLoader worker processes (0: data stage in the main process)
     threads: int = 0                 # intra-op threads of the training process; 0: launch.choose_threads
     resume: bool | str = False       # True: newest checkpoint of ``out`` if any; a path: that run or checkpoint
+    fallback: bool = False           # resume from the newest intact checkpoint when the one asked for is corrupt
+    overwrite: bool = False          # start afresh in a folder holding an earlier run's metrics (no checkpoint)
+    max_bad_samples: int = 10        # unreadable samples skipped (with a warning) before the run stops
     ckpt_every: int = 0              # steps between checkpoints; 0: at the end of every epoch
     keep: int = 2                    # checkpoints kept
     log_every: int = 1               # steps between logged scalars
@@ -90,7 +91,8 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     from composer.data.spec import open_dataset
     main = env.is_main
     run_dir = Path(opts.out or Path("runs") / spec.name)
-    resume_from = _resume_target(run_dir, opts, env)
+    check_out(run_dir)
+    resume_from, state = resume_target(run_dir, opts, env)
 
     # ---- data: this rank's micro-batches of the global batch
     data_spec = opts.data or (spec.data.get("data") if isinstance(spec.data.get("data"), str) else None) or "shapes"
@@ -125,7 +127,6 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
 
     start = 0
     if resume_from is not None:
-        state = checkpoint.load(resume_from)
         checkpoint.load_model_state(model, state, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -148,7 +149,7 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     loader, _ = make_loader(dataset, model.data_stage, model.model_inputs, batch_size=cfg.batch_size,
                             accumulate=cfg.accumulate, world_size=env.world_size, rank=env.rank, seed=opts.seed,
                             start_step=start, total_steps=total, num_workers=opts.workers,
-                            pin_memory=env.device.type == "cuda")
+                            pin_memory=env.device.type == "cuda", max_bad=opts.max_bad_samples)
     run_options = {**dataclasses.asdict(opts), "data": data_spec, "out": str(run_dir), "graph": spec.path,
                    "world_size": env.world_size, "micro_batch": micro, "steps_per_epoch": spe, "total_steps": total,
                    "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
@@ -158,6 +159,9 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                  tensorboard=opts.tensorboard, desc=spec.name)
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {start}")
+    skipped = SkippedSamples(opts.max_bad_samples, lambda text: log.message(text) if main else None,
+                             state.get("skipped_samples") if state else None)
+    written = None  # the checkpoint this process wrote last
     probe = _OnlineProbe(opts, data_spec, main)
     if start == 0:
         probe.maybe(log, model, env, 0)  # the encoder at initialisation: the baseline the run must beat
@@ -180,8 +184,9 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             outputs = []
             for j in range(cfg.accumulate):
                 t0 = time.perf_counter()
-                _, batch = next(batches)
+                _, batch, bad = next(batches)
                 data_time += time.perf_counter() - t0
+                skipped.add(bad, batch is None)  # warns about new unreadable files; stops past --max-bad-samples
                 batch = _to_device(batch, env.device)
                 if ddp is not model:
                     ddp.require_backward_grad_sync = j == cfg.accumulate - 1
@@ -196,10 +201,7 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             sums = collectives.all_reduce_mean(sums)
             loss = float(sums[0])
             if not math.isfinite(loss):
-                last = checkpoint.latest(run_dir)
-                raise TrainError(f"the loss is {loss} at step {step} (epoch {epoch}, lr {lr:.4g}); training "
-                                 f"stopped before the optimizer step. Last good checkpoint: "
-                                 f"{last if last else 'none (no checkpoint written yet)'}")
+                raise diverged(run_dir, loss, step, epoch, lr, written, env)
 
             # ---- freeze, clip, step, then the state updates of the graph (EMA, queue, centre, clamp)
             frozen = [part for part, until in cfg.freeze.items() if step < until.steps(spe)]
@@ -225,6 +227,8 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                 scalars.update({f"loss/{t}": float(v) for t, v in zip(objective_terms, sums[1:])})
                 if grad_norm is not None:
                     scalars["grad_norm"] = grad_norm
+                if len(skipped):
+                    scalars["data/skipped_samples"] = len(skipped)
                 z = embedding_of(outputs[-1].values, spec)
                 if z is not None:
                     scalars.update(collapse_scalars(z))
@@ -236,7 +240,8 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                 probe.maybe(log, model, env, done)
             if done == total or (opts.ckpt_every > 0 and done % opts.ckpt_every == 0) or \
                     (opts.ckpt_every == 0 and end_of_epoch):
-                _save(run_dir, model, optimizer, done, spe, env, run_options, opts.keep)
+                written = save_checkpoint(run_dir, model, optimizer, done, spe, env, run_options, opts.keep,
+                                          skipped.files)
             t_last = time.perf_counter()  # probes and checkpoints are not step time
     finally:
         if profiler is not None:
@@ -258,44 +263,6 @@ def _wrap_ddp(model, env: launch.Launch):
     if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
         return DDP(model, device_ids=ids, forward_sync_buffers=False)
     return DDP(model, device_ids=ids, broadcast_buffers=False)
-
-
-def _resume_target(run_dir: Path, opts: TrainOptions, env: launch.Launch) -> Path | None:
-    """The checkpoint to resume from, None to start afresh; refuse to overwrite a run that has checkpoints."""
-    if isinstance(opts.resume, str) and opts.resume:
-        return checkpoint.resolve(opts.resume)
-    found = checkpoint.latest(run_dir)
-    if opts.resume is True or (env.restarted and _same_elastic_job(run_dir)):
-        return found
-    if found is not None:
-        raise TrainError(f"{run_dir} already holds checkpoints ({found.name}); pass --resume to continue that run "
-                         f"or --out to start another")
-    return None
-
-
-def _same_elastic_job(run_dir: Path) -> bool:
-    """Whether ``run_dir`` was started by this torchrun job (its rendezvous id), so a restarted worker resumes
-    its own run and never an older run it was refusing to overwrite."""
-    import json
-    try:
-        recorded = json.loads((run_dir / "run.json").read_text()).get("elastic_run_id")
-    except (OSError, ValueError):
-        return False
-    return recorded is not None and recorded == os.environ.get("TORCHELASTIC_RUN_ID")
-
-
-def _save(run_dir: Path, model, optimizer, step: int, spe: int, env: launch.Launch, run_options: dict,
-          keep: int) -> None:
-    """Gather every rank's RNG state, then rank 0 writes the checkpoint atomically and prunes old ones."""
-    rng = launch.gather_objects(torch.get_rng_state())
-    cuda_rng = launch.gather_objects(torch.cuda.get_rng_state(env.device)) if env.device.type == "cuda" else []
-    if env.is_main:
-        state = {"format": checkpoint.FORMAT, "step": step, "epoch": step // spe, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "rng": {"torch": rng, "cuda": cuda_rng},
-                 "world_size": env.world_size, "run": {k: v for k, v in run_options.items()
-                                                        if isinstance(v, (str, int, float, bool))}}
-        checkpoint.save(checkpoint.path_for(run_dir, step), state)
-        checkpoint.prune(run_dir, keep)
 
 
 def _merge_updates(outputs: list[Output]) -> Output:
@@ -338,7 +305,7 @@ class _OnlineProbe:
     def __init__(self, opts: TrainOptions, data_spec: str, main: bool):
         self.enabled = main and opts.probe_every >= 0
         self.spec, self.n_train, self.n_val = opts.probe_data or data_spec, opts.probe_train, opts.probe_val
-        self.data = None
+        self.data, self.warned = None, 0
 
     def maybe(self, log: RunLog, model, env: launch.Launch, step: int) -> None:
         if not self.enabled or model.spec.embedding is None:
@@ -349,5 +316,8 @@ class _OnlineProbe:
         t0 = time.perf_counter()
         with torch.no_grad():
             acc = probe.run(model, self.data, "knn", env.device)
+        for where, cause in list(self.data.skipped.items())[self.warned:]:
+            log.message(f"warning: the online probe skipped an unreadable image: {where} ({cause})")
+        self.warned = len(self.data.skipped)
         log.log(step, {"probe/knn": acc, "probe/seconds": time.perf_counter() - t0})
         log.message(f"step {step}: kNN probe top-1 {acc:.3f}")

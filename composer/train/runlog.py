@@ -23,7 +23,7 @@ import yaml
 
 from composer.draw.render import render
 from composer.graph.loader import SG
-from composer.runtime.errors import UserError
+from composer.runtime.errors import UserError, os_error_line
 
 
 class _Dumper(yaml.SafeDumper):
@@ -106,8 +106,12 @@ class RunLog:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
-        self.file.write(json.dumps({"step": step, **clean}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **clean}) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: the lines written so far and the checkpoints stay
+            name, self.file = self.file.name, _close_quietly(self.file)
+            raise UserError(os_error_line(e, name, "cannot write the metrics")) from None
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(key, float(value), step)
@@ -132,6 +136,14 @@ class RunLog:
             self.writer.close()
         if self.file is not None:
             self.file.close()
+
+
+def _close_quietly(file) -> None:
+    """Close a file whose last write failed (the failed bytes cannot be written either); returns None."""
+    try:
+        file.close()
+    except OSError:
+        pass
 
 
 def open_run(run: str, checkpoint_path: str | None = None, random_init: bool = False, device: str = "cpu"):

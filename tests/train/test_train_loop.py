@@ -84,18 +84,20 @@ def test_accumulation_equals_the_full_batch(tmp_path):
     assert int(ma["queue.ptr"]) == 8  # 3 steps x 8 keys in a queue of 16
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_at_the_first_step_names_no_good_checkpoint(tmp_path):
+    """lr 1e30: the first step moves the weights to ~1e29; the loss of step 1 (on those weights) is NaN. The
+    checkpoint of step 1 holds them: it is set aside, never named as the last good one."""
     spec = composer.load(MOCO, {"train.lr": 1e30, "train.batch_size": 8, "train.steps": 10})
     with pytest.raises(TrainError) as info:
         train(spec, fast(tmp_path / "nan", ckpt_every=1))
     message = str(info.value)
-    assert "the loss is nan" in message and "before the optimizer step" in message
-    last = checkpoint.latest(tmp_path / "nan")
-    assert str(last) in message
-    state = checkpoint.load(last)
-    assert state["step"] == checkpoint.step_of(last)
-    step_of_nan = int(message.split(" at step ")[1].split()[0])
-    assert state["step"] == step_of_nan  # the weights the NaN came from were saved, nothing after
+    assert "the loss is nan at step 1" in message and "before the optimizer step" in message
+    assert "Last good checkpoint: none (no checkpoint before step 1)" in message
+    assert checkpoint.list_checkpoints(tmp_path / "nan") == []
+    aside = checkpoint.path_for(tmp_path / "nan", 1).with_suffix(".pt.diverged")
+    assert aside.name in message
+    weights = torch.load(aside, weights_only=True)["model"]
+    assert max(float(v.abs().max()) for v in weights.values() if v.is_floating_point() and v.numel()) > 1e20
 
 
 def test_existing_run_needs_resume(simclr_run, capsys):
