@@ -27,7 +27,8 @@ class Report:
 
 
 def check(spec: GraphSpec, dry_run: bool = True) -> Report:
-    errors = _structure(spec) + _train_section(spec)
+    from composer.graph.ranges import value_errors
+    errors = _structure(spec) + _train_section(spec) + value_errors(spec)
     if errors:
         raise GraphErrors(errors)
     assign_stages(spec)
