@@ -20,8 +20,9 @@ POSITIVE_WEIGHT = Range(gt=0)  # a negative objective weight trains by gradient 
 def value_errors(spec: GraphSpec) -> list[GraphError]:
     """All range, weight and grid errors of ``spec``, one per wrong value."""
     errors = param_errors(spec) + objective_errors(spec) + train_number_errors(spec)
-    if not errors:  # grid bounds compare parameters that must be sane first
-        errors += grid_errors(spec)
+    if not errors:  # grid and cross-block bounds compare parameters that must be sane first
+        from composer.graph.consistency import consistency_errors
+        errors += grid_errors(spec) + consistency_errors(spec)
     return errors
 
 
