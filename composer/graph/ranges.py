@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from composer.blocks.ranges import Range
+from composer.blocks.registry import Range
 from composer.graph.spec import GraphSpec
 from composer.runtime.errors import GraphError
 from composer.runtime.schedules import Schedule
