@@ -19,6 +19,8 @@ from that class:
 - input ports: the parameters of ``forward`` (those without a default are required);
 - output ports: ``forward``'s return annotation; a ``NamedTuple`` gives named outputs (``masks.context``);
 - state-update inputs: the keyword-only parameters of ``update(self, step, *, ...)``, if the block has one;
+- value ranges: the class attribute ``ranges`` ({param: Range(gt=0)}), else ranges by parameter name
+  (``composer.blocks.ranges.BY_NAME``); every number must be finite;
 - stage: the class attribute ``stage`` (``"data"`` blocks run in DataLoader workers, ``"model"`` on device).
 
 Third-party packages add blocks by exposing a module in the ``pretext_composer.blocks`` entry-point group;
@@ -34,6 +36,8 @@ import typing
 from importlib import metadata
 
 from torch import nn
+
+from composer.blocks.ranges import Range, range_of
 
 ENTRY_POINT_GROUP = "pretext_composer.blocks"
 STAGES = ("data", "model")
@@ -52,6 +56,7 @@ class Param:
     annotation: typing.Any
     default: typing.Any  # inspect.Parameter.empty when required
     doc: str
+    range: Range = Range()  # bounds on every number in the value (see composer.blocks.ranges)
 
     @property
     def required(self) -> bool:
@@ -133,7 +138,11 @@ def describe(kind: str, cls: type) -> BlockInfo:
         if p.kind is not p.KEYWORD_ONLY:
             raise TypeError(f"{cls.__qualname__}.__init__: block parameter {p.name!r} must be keyword-only "
                             "(put a '*' before the parameters)")
-        params[p.name] = Param(p.name, hints_init.get(p.name, typing.Any), p.default, arg_docs.get(p.name, ""))
+        params[p.name] = Param(p.name, hints_init.get(p.name, typing.Any), p.default, arg_docs.get(p.name, ""),
+                               range_of(cls, p.name))
+    unknown = set(getattr(cls, "ranges", None) or {}) - set(params)
+    if unknown:
+        raise TypeError(f"{cls.__qualname__}.ranges names {sorted(unknown)}, which are not parameters")
 
     inputs = {}
     for p in inspect.signature(cls.forward).parameters.values():

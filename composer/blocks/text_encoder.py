@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from composer.blocks.ranges import NON_NEGATIVE
 from composer.blocks.registry import block
 from composer.blocks.text import VOCAB_SIZE
 
@@ -90,6 +91,8 @@ class TextTransformer(nn.Module):
 
     Output: ``TextFeatures(pooled (B, E), tokens (B, T, W))``; E = W when ``output_dim`` is 0.
     """
+
+    ranges = {"output_dim": NON_NEGATIVE}  # 0: no projection (GLIP's BERT-style features)
 
     def __init__(self, *, vocab_size: int = VOCAB_SIZE, context_length: int = 77, width: int = 512,
                  layers: int = 12, heads: int = 8, output_dim: int = 512,

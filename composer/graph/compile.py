@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import operator
+import re
 
 import networkx as nx
 import torch
@@ -101,7 +102,9 @@ def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> d
                     built[name] = bs.info.cls(**block_kwargs(bs, built))
             except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise GraphErrors([GraphError(f"cannot build {bs.kind}: {what}", bs.loc, node=name,
+                named = [p for p in bs.params if re.search(rf"\b{re.escape(p)}\b", what)]  # point at its line
+                loc = spec.loc("blocks", name, named[0]) if named else bs.loc
+                raise GraphErrors([GraphError(f"cannot build {bs.kind}: {what}", loc, node=name,
                                               expected="parameters the block accepts (see 'ptc blocks')")]) from e
             pending.remove(name)
     return built

@@ -22,6 +22,8 @@ SG_TAG = "!sg"
 MAX_NODES = 20_000  # expanded values per file: real graphs have a few hundred
 MAX_ALIASES = 100
 MAX_BYTES = 1 << 20
+MAX_DEPTH = 64  # nesting levels: real graphs use under 10; deeper input would exhaust Python's recursion limit
+MAX_DIGITS = 64  # characters of one number: more is a typo (and int() refuses beyond 4300 digits)
 _CORE_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
@@ -75,6 +77,9 @@ def parse_text(text: str, filename: str) -> Located:
                          expected="printable text") from None
     except yaml.YAMLError as e:
         raise GraphError(f"invalid YAML: {str(e).splitlines()[0]}", Loc(filename, 1)) from None
+    except RecursionError:  # PyYAML's parser recurses once per nesting level
+        raise GraphError("the YAML is nested too deeply", Loc(filename, 1),
+                         expected=f"at most {MAX_DEPTH} nested levels") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -110,6 +115,9 @@ class _Builder:
                                  expected="few anchors and aliases")
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             self.seen.add(id(node))
+        if len(path) > MAX_DEPTH:
+            raise GraphError("the YAML is nested too deeply", Loc(self.filename, line),
+                             expected=f"at most {MAX_DEPTH} nested levels")
         self.locs[path] = Loc(self.filename, line)
         tag = node.tag
         if tag == SG_TAG:
@@ -139,8 +147,13 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and len(node.value) > MAX_DIGITS:
+            raise GraphError(f"a number written with {len(node.value)} characters", Loc(self.filename, line),
+                             expected=f"a number of at most {MAX_DIGITS} characters (use 1.0e+9 notation)")
         try:
             return self.constructor.construct_object(node, deep=True)
+        except ValueError as e:  # e.g. an integer beyond Python's digit limit
+            raise GraphError(f"bad value: {str(e).splitlines()[0]}", Loc(self.filename, line)) from None
         except yaml.YAMLError as e:
             raise GraphError(f"bad value: {getattr(e, 'problem', e)}", Loc(self.filename, line)) from None
 

@@ -47,7 +47,7 @@ def annotation_schema(ann) -> dict:
 def params_schema(info: registry.BlockInfo) -> dict:
     props = {"type": {"const": info.kind}}
     for p in info.params.values():
-        s = dict(annotation_schema(p.annotation))
+        s = _with_range(annotation_schema(p.annotation), p.range.json_schema())
         if p.doc:
             s["description"] = p.doc
         if not p.required and _jsonable(p.default):
@@ -105,12 +105,41 @@ def check_params(blocks: dict, located) -> list[GraphError]:
         for e in sorted(validator.iter_errors(body), key=lambda e: list(e.path)):
             if e.validator == "additionalProperties" or (e.validator == "required"):
                 continue  # reported by the parser with a "did you mean"
+            if e.validator in _RANGE_KEYWORDS:
+                continue  # reported by composer.graph.ranges, with the range in words
+            if any(e.validator in _RANGE_KEYWORDS for e in (e.context or ())) and _numbers_only(e.instance):
+                continue  # an anyOf failing only on a bound (dims: [0, 64]): the same
             param = e.path[0] if e.path else None
             where = ("blocks", name) + ((param,) if param else ())
             expected = _expected(block.info.params[param].annotation) if param in block.info.params else None
             errors.append(GraphError(f"parameter {param!r} of {block.kind}: {e.message}", located.loc(*where),
                                      node=name, expected=expected))
     return errors
+
+
+_RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _with_range(schema: dict, bounds: dict) -> dict:
+    """``schema`` with the range keywords added to every number or integer it admits (not inside schedules)."""
+    if not bounds or schema is schedules.JSON_SCHEMA:
+        return dict(schema)
+    out = dict(schema)
+    if out.get("type") in ("number", "integer"):
+        out.update(bounds)
+    for key in ("items",):
+        if isinstance(out.get(key), dict):
+            out[key] = _with_range(out[key], bounds)
+    for key in ("prefixItems", "anyOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_with_range(s, bounds) for s in out[key]]
+    return out
+
+
+def _numbers_only(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(_numbers_only(x) for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _expected(ann) -> str:

@@ -107,6 +107,8 @@ class _Parser:
         self.unknown_ports: set[str] = set()  # blocks whose ports could not be read (reported once)
         self.nodes: dict[str, Node] = {}
         self.blocks: dict[str, BlockSpec] = {}
+        self.undefined: set[str] = set()  # values reported undefined: one line each, however often used
+        self.quiet: set[str] = set()  # nodes with an input left out after an error already reported
 
     def err(self, message, loc_path=(), node=None, expected=None, line_offset: int = 0):
         loc = self.located.loc(*loc_path) or Loc(self.path)
@@ -263,7 +265,7 @@ class _Parser:
         return node
 
     def _errors_at(self, node) -> bool:
-        return any(e.node == node for e in self.errors)
+        return node in self.quiet or any(e.node == node for e in self.errors)
 
     def _first_port(self, block, node, where) -> str:
         ports = self._ports(block)
@@ -307,7 +309,11 @@ class _Parser:
                 elif self.nodes[src].block != src:
                     self.err(f"'{src}' is both a value and a block", where, node=owner)
             elif src not in self.nodes and src not in self.data["flow"]:
-                candidates = list(self.nodes) + list(self.data["flow"]) + list(self.blocks)
+                self.quiet.add(owner)
+                if src in self.undefined:
+                    return None  # one cause, one line: its first use was reported
+                self.undefined.add(src)
+                candidates = [n for n in list(self.nodes) + list(self.data["flow"]) if "__" not in n]
                 self.err(f"undefined value {src!r}{registry.did_you_mean(src, candidates)}", where, node=owner,
                          expected="an input, a value defined under 'flow', or a block name")
                 return None
@@ -361,7 +367,9 @@ class _Parser:
                 if edge is not None:
                     out[block][port] = edge
         for name, spec in self.blocks.items():
-            missing = [p.name for p in spec.info.update_inputs.values() if p.required and p.name not in out.get(name, {})]
+            given = (self.data.get("updates") or {}).get(name)
+            given = given if isinstance(given, dict) else {}
+            missing = [p.name for p in spec.info.update_inputs.values() if p.required and p.name not in given]
             if missing:
                 self.err(f"{spec.kind} needs update inputs {', '.join(missing)}", ("blocks", name), node=name,
                          expected=f"updates: {{{name}: {{{missing[0]}: !sg value}}}}")

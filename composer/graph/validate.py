@@ -28,7 +28,8 @@ class Report:
 
 
 def check(spec: GraphSpec, dry_run: bool = True) -> Report:
-    errors = _structure(spec) + _train_section(spec)
+    from composer.graph.ranges import value_errors
+    errors = _structure(spec) + _train_section(spec) + value_errors(spec)
     if errors:
         raise GraphErrors(errors)
     assign_stages(spec)
@@ -37,12 +38,13 @@ def check(spec: GraphSpec, dry_run: bool = True) -> Report:
         raise GraphErrors(errors)
     values = {}
     if dry_run:
-        from composer.graph.shapes import dry_run as run
-        values = run(spec)
+        from composer.graph.budget import bounded_dry_run
+        values = bounded_dry_run(spec)
         errors += _trainable_reach(spec)
         if errors:
             raise GraphErrors(errors)
-    return Report(spec, _collapse_warnings(spec), values)
+    from composer.graph.flat_loss import flat_loss_warnings
+    return Report(spec, _collapse_warnings(spec) + flat_loss_warnings(spec), values)
 
 
 def _structure(spec: GraphSpec) -> list[GraphError]:

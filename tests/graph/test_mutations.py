@@ -1,0 +1,145 @@
+"""Mutation test of ``ptc check``: every small mistake in a shipped graph is either rejected in at most a few
+lines, each naming the file, or provably harmless (the graph checks and the changed number lies in the
+parameter's declared range), within a bounded time and memory per check.
+
+The fast test checks a fixed sample of the ~2000 mutants of graphs/*.yaml (see tests/graph/mutants.py);
+``PTC_ALL_MUTANTS=1`` checks them all (about 40 minutes on 2 cores).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import composer
+from composer.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mutants import Mutant, mutants  # noqa: E402
+
+GRAPHS = sorted(Path(__file__).resolve().parents[2].joinpath("graphs").glob("*.yaml"))
+ALL = [(path, m) for path in GRAPHS for m in mutants(path.read_text())]
+SAMPLE_SIZE = 48
+MAX_LINES = 3  # one cause, one line; a mutant may break two things at once (a value and its only user)
+MAX_SECONDS = 60.0  # per check, with the full-size dry run of the largest graph (ViT-H/14) on the meta device
+MAX_RSS_GIB = 6.0  # peak resident memory of the whole test process
+
+
+def _sample() -> list[tuple[Path, Mutant]]:
+    """Every structural mutant kind of every graph at least once, the rest numbers; fixed seed."""
+    rng = random.Random(13)
+    picked = []
+    for path in GRAPHS:
+        own = [m for p, m in ALL if p == path]
+        for kind in ("sg", "type", "flow", "cycle"):
+            of_kind = [m for m in own if m.kind == kind]
+            if of_kind:
+                picked.append((path, rng.choice(of_kind)))
+    numbers = [(p, m) for p, m in ALL if m.kind == "number"]
+    picked += rng.sample(numbers, max(0, SAMPLE_SIZE - len(picked)))
+    return picked
+
+
+def _run(path: Path, mutant: Mutant, tmp_path: Path, keep: bool = False) -> tuple[int, list[str], str]:
+    """Check ``mutant`` written over its graph in a copy of graphs/ (so that ``extends:`` resolves)."""
+    folder = tmp_path / "graphs"
+    if not folder.exists():
+        shutil.copytree(path.parent, folder)
+    target = folder / path.name
+    target.write_text(mutant.text)
+    args = ["check", str(target)] + (["--variant", "tiny"] if mutant.section == "tiny" else [])
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        status = main(args)
+    if not keep:
+        shutil.copy(path, target)
+    return status, [line for line in err.getvalue().splitlines() if line.strip()], str(target)
+
+
+def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
+    """Why a mutant that checks is harmless, or None when nothing shows it."""
+    if mutant.kind == "sg":
+        return _gradient_free_sg(path, target)
+    if mutant.kind != "number":
+        return None
+    spec = composer.load(path, variant="tiny" if mutant.section == "tiny" else None)
+    block = spec.blocks.get(mutant.block)
+    param = block.info.params.get(mutant.param) if block else None
+    value = yaml.safe_load(mutant.value)
+    if param is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if param.range.violation(value) is None:
+        return f"{mutant.param}={value} is within {param.range.describe()}"
+    return None
+
+
+def _gradient_free_sg(path: Path, target: str) -> str | None:
+    """A removed ``!sg`` is harmless when the value it stopped depends on no trainable parameter (e.g. ids of a
+    frozen tokenizer): the gradient it would carry has nowhere to go."""
+    import networkx as nx
+
+    from composer.graph.compile import build_blocks, dependency_graph
+    before, after = composer.load(path), composer.load(target)
+    def edges(spec):  # node inputs and state-update inputs
+        out = {(n.name, port): e for n in spec.nodes.values() for port, e in n.inputs.items()}
+        out.update({("update", b, port): e for b, ports in spec.updates.items() for port, e in ports.items()})
+        return out
+
+    freed = [e.src for key, e in edges(after).items() if key in edges(before) and edges(before)[key].sg and not e.sg]
+    modules = build_blocks(after, "meta")
+    trainable = {b for b, m in modules.items() if any(p.requires_grad for p in m.parameters())}
+    g = dependency_graph(after)
+    for src in freed:
+        upstream = nx.ancestors(g, src) | {src}
+        if any(after.nodes[n].kind == "call" and after.nodes[n].block in trainable for n in upstream):
+            return None
+    return f"the values {freed} depend on no trainable parameter" if freed else None
+
+
+def _verify(path: Path, mutant: Mutant, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    status, lines, target = _run(path, mutant, tmp_path, keep=True)
+    seconds = time.perf_counter() - start
+    assert seconds < MAX_SECONDS, f"{mutant.id}: the check took {seconds:.0f} s"
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    if status == 2:
+        errors = [line for line in lines if ": warning: " not in line]
+        assert 1 <= len(errors) <= MAX_LINES, f"{mutant.id}:\n" + "\n".join(errors)
+        for line in errors:
+            assert line.startswith(target + ":"), f"{mutant.id}: {line}"
+    else:
+        assert status == 0, lines
+        assert _harmless(path, mutant, target), f"{mutant.id} of {path.name} checks ok but is not known to be harmless"
+
+
+@pytest.mark.parametrize("path,mutant", _sample(), ids=[f"{p.stem}:{m.id}" for p, m in _sample()])
+def test_sampled_mutant(path, mutant, tmp_path):
+    _verify(path, mutant, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PTC_ALL_MUTANTS"), reason="exhaustive: set PTC_ALL_MUTANTS=1")
+@pytest.mark.parametrize("path,mutant", ALL, ids=[f"{p.stem}:{m.id}" for p, m in ALL])
+def test_every_mutant(path, mutant, tmp_path):
+    _verify(path, mutant, tmp_path)
+
+
+def test_mutants_cover_every_graph_and_kind():
+    kinds = {m.kind for _, m in ALL}
+    assert kinds == {"sg", "type", "flow", "cycle", "number"}
+    assert {p for p, _ in ALL} == set(GRAPHS)
+
+
+def test_memory_stays_bounded():
+    """Runs last in this file: the peak RSS over all checks above (ru_maxrss is in KiB on Linux)."""
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    assert peak_gib < MAX_RSS_GIB
