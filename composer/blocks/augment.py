@@ -168,7 +168,7 @@ class Augment(nn.Module):
         """The recipe's per-sample view pipelines (every v2.Compose held, except the float conversion)."""
         return [p for p in self.children() if isinstance(p, v2.Compose) and p is not self.to_float]
 
-    def _padded(self, samples: list[Tensor]) -> "_Padded":
+    def _padded(self, samples: list[Tensor]) -> _Padded:
         """The samples as one uint8 batch (zero-padded to the largest size when sizes differ)."""
         sizes = torch.tensor([x.shape[-2:] for x in samples])
         if bool((sizes == sizes[0]).all()):

@@ -151,8 +151,8 @@ def test_jitter_order_matters_and_matches():
     out = B.color_jitter(x.clone(), factors, order, torch.ones(4, dtype=torch.bool))
     cj = v2.ColorJitter(0.5, 0.5, 0.5, 0.5)
     for i in range(4):
-        p = dict(fn_idx=order[i], brightness_factor=1.3, contrast_factor=0.6, saturation_factor=1.7,
-                 hue_factor=0.2)
+        p = {"fn_idx": order[i], "brightness_factor": 1.3, "contrast_factor": 0.6, "saturation_factor": 1.7,
+                 "hue_factor": 0.2}
         assert (out[i] - cj.transform(x[i], p)).abs().max() < 1e-5
     assert (out[0] - out[1]).abs().max() > 0.05
 

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from composer.blocks.augment_batched.params import BRIGHTNESS, CONTRAST, HUE, IDENTITY, SATURATION
+from composer.blocks.augment_batched.params import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    IDENTITY,
+    SATURATION,
+)
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, torchvision's rgb_to_grayscale constants
 

@@ -74,7 +74,7 @@ class ViewParams:
     sigma: Tensor
     solarize: Tensor
 
-    def __getitem__(self, rows: slice) -> "ViewParams":
+    def __getitem__(self, rows: slice) -> ViewParams:
         """The parameters of samples ``rows`` (a chunk of the batch)."""
         return ViewParams(**{k: v[rows] for k, v in vars(self).items()})
 
