@@ -12,6 +12,13 @@ The collate function seeds all three from ``(seed, epoch, k, j, rank)`` before r
 pure function of its position, whatever worker builds it and however the run was interrupted. In the main
 process (``num_workers=0``) the generators are forked, so the model's own random stream is left untouched.
 
+Where the augmentations run (``ptc train --augment``). ``workers``: the whole data stage runs per sample in
+the DataLoader workers (the reference path). ``device``: the workers only collate the raw uint8 batch (small to
+transfer), and ``DeviceStage`` runs the data stage in the training process on the training device, with the
+augment blocks switched to their batched path (``composer.blocks.augment_batched``). It is seeded from the same
+``(seed, epoch, k, j, rank)`` key, so a resumed run draws the same augmentations as an uninterrupted one, on
+one process or many.
+
 Threads. Tiny-image augmentations are 25-100x slower with 2 threads than with 1 on small CPUs (thread start-up
 dominates), so the data stage always runs single-threaded: in workers for good, in the main process around
 the call.
@@ -125,6 +132,29 @@ class StageCollate:
         with seeded((self.seed, *tag, self.rank), fork=not self.in_worker), torch.no_grad():
             out = self.data_stage(raw)
         return tag, {k: out[k] for k in self.keep if k in out}
+
+
+def raw_batch(batch: dict) -> dict:
+    """The data stage of the ``device`` placement's workers: the collated raw batch, unchanged."""
+    return batch
+
+
+class DeviceStage:
+    """The data stage in the training process, on the batch's device, batched where the blocks allow.
+
+    ``raw_keys``: what the workers must send (the data stage's inputs, plus ``label`` for logging);
+    ``status``: ``{augment block: None if batched, else why it stays per sample}``.
+    """
+
+    def __init__(self, data_stage, keep: list[str], seed: int, rank: int):
+        self.data_stage, self.keep, self.seed, self.rank = data_stage, list(keep), seed, rank
+        self.status = data_stage.use_batched(True)
+        self.raw_keys = list(dict.fromkeys([*data_stage.inputs, "label"]))
+
+    def __call__(self, tag: tuple[int, ...], raw: dict) -> dict:
+        with seeded((self.seed, *tag, self.rank), fork=True), torch.no_grad():
+            out = self.data_stage(raw)
+        return {k: out[k] for k in self.keep if k in out}
 
 
 def _worker_init(_worker_id: int) -> None:
