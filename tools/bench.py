@@ -7,7 +7,7 @@
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
-- data, masking: see tools/bench_data.py and tools/bench_masking.py when present.
+- data, masking, augment: see tools/bench_data.py, tools/bench_masking.py and tools/bench_augment.py.
 """
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ def main(argv: list[str]) -> None:
         SECTIONS.setdefault("masking", bench_masking.main)
     except ImportError:
         pass
+    import bench_augment
+    SECTIONS.setdefault("augment", bench_augment.main)
     chosen = argv or list(SECTIONS)
     for name in chosen:
         if name not in SECTIONS:

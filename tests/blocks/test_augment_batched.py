@@ -351,3 +351,14 @@ def test_block_batched_padded_sizes():
     assert (boxes[:, 0] + boxes[:, 2] <= padded.heights.repeat(250)).all()
     assert (boxes[:, 1] + boxes[:, 3] <= padded.widths.repeat(250)).all()
     assert b(x).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("kind,kw", [("augment.dino", {"global_size": 40, "local_size": 24, "local_crops": 2}),
+                                     ("augment.simclr", {"size": 40})])
+def test_incache_cpu_path_equals_the_batched_kernels(kind, kw):
+    """The default CPU path (one image at a time, in place) against the batched kernels, same parameters."""
+    x = images(6, 64, 80, smooth=False)
+    for spec in specs(kind, **kw):
+        a = views.run_views(x, [spec], gen(30), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop="incache")
+        b = views.run_views(x, [spec], gen(30), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop="loop", chunk=4)
+        assert (a - b).abs().max() < 1e-4

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from composer.blocks.augment_batched import ops
+from composer.blocks.augment_batched import incache, ops
 from composer.blocks.augment_batched.params import ViewParams, ViewSpec, sample_view
 
-# CPU chunk: 16 images of 3×224×224 float32 (9.6 MB) stay in a last-level cache, where B = 64 streams 38 MB
-# through memory per elementwise pass (174 against 108 images/s for MoCo v2 in the prototype's measurement).
+# CPU chunk of the batched kernels: 16 images of 3×224×224 float32 (9.6 MB) stay in a last-level cache, where
+# B = 64 streams 38 MB through memory per elementwise pass (174 against 108 images/s for MoCo v2 in one run).
+# The default CPU path ("incache") goes further: one image at a time, in place (see incache.py).
 CPU_CHUNK = 16
 _MODES = {v2.InterpolationMode.BILINEAR: "bilinear", v2.InterpolationMode.BICUBIC: "bicubic"}
 _STAGE = {"jitter": 1, "gray": 2, "blur": 3, "solarize": 4}  # the batched order of the colour ops
@@ -72,8 +73,9 @@ def spec_of(pipeline: v2.Compose) -> ViewSpec:
 def apply_view(images: Tensor, spec: ViewSpec, params: ViewParams, crop: str = "loop") -> Tensor:
     """One view: (B, 3, H, W) uint8 or [0, 1] float → (B, 3, S, S) float32 in [0, 1], not normalised.
 
-    crop: "loop" (one antialiased ``interpolate`` per sample: bit-exact and fastest on CPU) or "matmul" (two
-    batched matmuls with the same weights: no per-sample launches, for accelerators; the flip is folded in).
+    crop: "loop" (one antialiased ``interpolate`` per sample: bit-exact with torchvision's uint8 crop) or
+    "matmul" (two batched matmuls with the same weights: no per-sample launches, for accelerators; the flip is
+    folded in).
     """
     if crop == "loop":
         x = ops.hflip(ops.resized_crop_loop(images, params.boxes, spec.size, spec.interpolation), params.flip)
@@ -95,12 +97,13 @@ def run_views(images: Tensor, specs: list[ViewSpec], generator: torch.Generator,
     Parameters are drawn for the whole batch, view by view, from ``generator`` (CPU) before anything is
     applied, so the chunking and the device never change a draw. heights/widths: (B,) true sizes of a padded
     batch (default: the full H, W). crop: default "loop" on CPU, "matmul" elsewhere. chunk: images processed
-    together (default ``CPU_CHUNK`` on CPU, the whole batch elsewhere).
+    together by the batched kernels (default: the whole batch). crop "incache" (the default on CPU, for uint8
+    input) runs each image's ops in place while it is in cache (``incache.apply_view_into``), same values.
     """
     n, _, h, w = images.shape
     cpu = images.device.type == "cpu"
-    crop = crop or ("loop" if cpu else "matmul")
-    chunk = chunk or (CPU_CHUNK if cpu else max(n, 1))
+    crop = crop or ("incache" if cpu and images.dtype == torch.uint8 else "loop" if cpu else "matmul")
+    chunk = chunk or max(n, 1)
     size = specs[0].size if specs else 0
     if any(s.size != size for s in specs):
         raise ValueError(f"one call makes views of one size, got {[s.size for s in specs]}")
@@ -108,6 +111,9 @@ def run_views(images: Tensor, specs: list[ViewSpec], generator: torch.Generator,
               for s in specs]
     out = torch.empty((len(specs), n, 3, size, size), dtype=torch.float32, device=images.device)
     for v, (spec, p) in enumerate(zip(specs, params)):
+        if crop == "incache":
+            incache.apply_view_into(out[v], images, spec.size, spec.interpolation, spec.blur_kernel, p, mean, std)
+            continue
         for start in range(0, n, chunk):
             rows = slice(start, min(start + chunk, n))
             # normalised while the chunk is still in cache, then written once into the output
