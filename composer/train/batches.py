@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from composer.data.collate import collate
+from composer.data.folders import decode_images
 
 
 class RunSampler(Sampler):
@@ -129,6 +130,8 @@ class StageCollate:
     def __call__(self, items):
         tag = items[0][0]
         raw = collate([sample for _, sample in items])
+        if "encoded" in raw and self.data_stage is not raw_batch:  # decode=device with per-sample augmentation
+            raw["image"] = _as_batch(decode_images(raw.pop("encoded")))
         with seeded((self.seed, *tag, self.rank), fork=not self.in_worker), torch.no_grad():
             out = self.data_stage(raw)
         return tag, {k: out[k] for k in self.keep if k in out}
@@ -149,12 +152,30 @@ class DeviceStage:
     def __init__(self, data_stage, keep: list[str], seed: int, rank: int):
         self.data_stage, self.keep, self.seed, self.rank = data_stage, list(keep), seed, rank
         self.status = data_stage.use_batched(True)
-        self.raw_keys = list(dict.fromkeys([*data_stage.inputs, "label"]))
+        self.raw_keys = list(dict.fromkeys([*data_stage.inputs, "label", "encoded"]))
 
-    def __call__(self, tag: tuple[int, ...], raw: dict) -> dict:
+    def __call__(self, tag: tuple[int, ...], raw: dict, device: torch.device | str = "cpu") -> dict:
+        """The data stage's outputs for the raw CPU batch at position ``tag``, computed on ``device``."""
+        raw = {k: _move(v, device) for k, v in raw.items() if k != "encoded"} | \
+            ({"image": _as_batch(decode_images(raw["encoded"], device))} if "encoded" in raw else {})
         with seeded((self.seed, *tag, self.rank), fork=True), torch.no_grad():
             out = self.data_stage(raw)
         return {k: out[k] for k in self.keep if k in out}
+
+
+def _move(value, device):
+    """A tensor, or a list of tensors (images of different sizes), on ``device``; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return [v.to(device, non_blocking=True) for v in value]
+    return value
+
+
+def _as_batch(images: list[torch.Tensor]):
+    """(B, 3, H, W) when the decoded images share a size, else the list (the convention of ``collate``)."""
+    same = all(img.shape == images[0].shape for img in images)
+    return torch.stack(images) if same else images
 
 
 def _worker_init(_worker_id: int) -> None:

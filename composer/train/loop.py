@@ -186,9 +186,9 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             for j in range(cfg.accumulate):
                 t0 = time.perf_counter()
                 tag, batch = next(batches)
+                if device_stage is not None:  # decoding (decode=device) and augmentation on the device
+                    batch = device_stage(tag, batch, env.device)
                 batch = _to_device(batch, env.device)
-                if device_stage is not None:
-                    batch = _to_device(device_stage(tag, batch), env.device)
                 data_time += time.perf_counter() - t0
                 if ddp is not model:
                     ddp.require_backward_grad_sync = j == cfg.accumulate - 1

@@ -46,3 +46,33 @@ def test_resume_continues_the_device_augmentation_stream(tmp_path):
                           atol=1e-6)
     a, b = final_model(resumed), final_model(reference)
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+
+
+def test_decode_on_the_device_matches_worker_decoding(tmp_path):
+    """folder:PATH,decode=device: workers send file bytes, the trainer decodes them (CPU here: libjpeg-turbo;
+    CUDA: nvJPEG, measured in tools/bench_augment.py); same pixels as the workers' PIL decoding."""
+    import numpy as np
+    from PIL import Image
+
+    from composer.data.spec import open_dataset as open_spec
+    from composer.train.batches import StageCollate
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.jpg")
+    pil = open_spec(f"folder:{tmp_path}", "train")
+    raw = open_spec(f"folder:{tmp_path},decode=device", "train")
+    assert set(raw[0]) == {"encoded", "label"} and raw[0]["encoded"].ndim == 1
+    model = composer.build(composer.load(MOCO))
+    stage = DeviceStage(model.data_stage, model.model_inputs, seed=0, rank=0)
+    items = [((0, 0, 0), raw[i]) for i in range(6)]
+    _, collated = StageCollate(raw_batch, 0, 0, stage.raw_keys, in_worker=True)(items)
+    from composer.data.folders import decode_images
+    for i, image in enumerate(decode_images(collated["encoded"])):
+        assert (image.int() - pil[i]["image"].int()).abs().max() <= 1  # both libjpeg(-turbo); IDCT may differ
+    out = stage((0, 0, 0), collated)
+    assert out["x_q"].shape == (6, 3, 16, 16)
+    # the per-sample path in workers decodes the bytes itself
+    _, per = StageCollate(model.data_stage, 0, 0, model.model_inputs, in_worker=True)(items)
+    assert per["x_q"].shape == (6, 3, 16, 16)
