@@ -168,22 +168,25 @@ class Augment(nn.Module):
         """The recipe's per-sample view pipelines (every v2.Compose held, except the float conversion)."""
         return [p for p in self.children() if isinstance(p, v2.Compose) and p is not self.to_float]
 
-    def _padded(self, samples: list[Tensor]) -> _Padded:
-        """The samples as one uint8 batch (zero-padded to the largest size when sizes differ)."""
-        sizes = torch.tensor([x.shape[-2:] for x in samples])
-        if bool((sizes == sizes[0]).all()):
+    def _padded(self, samples: Tensor | list[Tensor]) -> _Padded:
+        """The samples as one uint8 batch (zero-padded to the largest size when sizes differ) with the call's
+        generator, seeded by one draw of torch's global generator."""
+        if isinstance(samples, Tensor):  # already one batch: no unbind/stack copy
+            images, sizes = samples, torch.tensor(samples.shape[-2:]).expand(len(samples), 2)
+        elif bool(((sizes := torch.tensor([x.shape[-2:] for x in samples])) == sizes[0]).all()):
             images = torch.stack(samples)
         else:
             hmax, wmax = sizes.max(0).values.tolist()
             images = samples[0].new_zeros((len(samples), 3, hmax, wmax))
             for x, out in zip(samples, images):
                 out[:, :x.shape[1], :x.shape[2]] = x
-        seed = int(torch.randint(0, 2 ** 62, (1,)))  # one draw of the global generator per call
+        seed = int(torch.randint(0, 2 ** 62, (1,)))
         return _Padded(images, sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(seed))
 
     # ----- forward machinery -----
-    def _samples(self, image: Tensor | Sequence[Tensor]) -> list[Tensor]:
-        """The batch as a list of uint8 ``(3, H_i, W_i)`` tensors; ``ValueError`` for anything else."""
+    def _samples(self, image: Tensor | Sequence[Tensor]) -> list[Tensor] | _Padded:
+        """The batch as a list of uint8 ``(3, H_i, W_i)`` tensors, or as one ``_Padded`` batch on the batched
+        path; ``ValueError`` for anything else."""
         if isinstance(image, Tensor):
             if image.ndim != 4:
                 raise self._error(f"image must be (B, 3, H, W) or a list of (3, H, W), got shape "
@@ -199,12 +202,7 @@ class Augment(nn.Module):
                 dtype = x.dtype if isinstance(x, Tensor) else None
                 raise self._error(f"each image must be a uint8 (3, H, W) tensor, got {shape} {dtype}")
         if self.batched:
-            if isinstance(image, Tensor):  # already one batch: no unbind/stack copy
-                h, w = image.shape[-2:]
-                seed = int(torch.randint(0, 2 ** 62, (1,)))
-                return _Padded(image, torch.full((len(image),), h), torch.full((len(image),), w),
-                               torch.Generator().manual_seed(seed))
-            return self._padded(samples)
+            return self._padded(image if isinstance(image, Tensor) else samples)
         return samples
 
     @staticmethod
@@ -212,7 +210,7 @@ class Augment(nn.Module):
         """One independent draw of ``pipeline`` per sample: uint8 ``(B, 3, S, S)``."""
         return torch.stack([pipeline(x) for x in samples])
 
-    def _views(self, pipelines: Sequence[nn.Module], samples: list[Tensor], size: int) -> Tensor:
+    def _views(self, pipelines: Sequence[nn.Module], samples: list[Tensor] | _Padded, size: int) -> Tensor:
         """Apply each pipeline to the whole batch and normalise: float32 ``(len(pipelines), B, 3, S, S)``."""
         if isinstance(samples, _Padded):
             if not pipelines:
