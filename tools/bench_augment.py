@@ -107,6 +107,16 @@ def main(argv: list[str] | None = None) -> None:
                     times["bat"].append(_once(lambda f=batched: f(x)))
             per, bat = (args.batch / statistics.median(times[k]) for k in ("per", "bat"))
             print(f"augment: {name:18s}{per:12.1f}{bat:12.1f}{bat / per:7.2f}x", flush=True)
+            if torch.cuda.is_available():  # the same blocks on the GPU (matmul crop, whole-batch kernels)
+                xc = x.cuda()
+
+                def on_gpu(f=batched, images=xc):
+                    f(images)
+                    torch.cuda.synchronize()
+                on_gpu()
+                gpu = args.batch / statistics.median([_once(on_gpu) for _ in range(args.reps)])
+                print(f"augment: {name:18s} batched on CUDA {gpu:10.1f} images/s ({gpu / per:.1f}x one core's "
+                      f"per-sample path)", flush=True)
         bench_decode(x, args.reps)
     finally:
         torch.set_num_threads(threads)
