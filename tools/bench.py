@@ -2,13 +2,14 @@
 
     python tools/bench.py                 # everything
     python tools/bench.py compose load    # chosen sections: compose, compile, load, data, masking,
-                                          # checkpoint, expr, shards, tokenizers
+                                          # checkpoint, augment, expr, shards, tokenizers
 
 - compose: a training step of the composed MoCo v2 graph against the hand-written module (same encoder, batch,
   inputs, weights); target: composed / hand-written <= 1.02.
 - compile: the torch.compile'd model stage against eager (same graph, same inputs).
 - load: loading plus building every shipped graph (target: under one second each).
-- data, masking, checkpoint: see tools/bench_data.py, tools/bench_masking.py and tools/bench_checkpoint.py.
+- data, masking, checkpoint, augment: see tools/bench_data.py, tools/bench_masking.py, tools/bench_checkpoint.py
+  and tools/bench_augment.py.
 - expr: an expression loss against the hand-written block it equals, eager and compiled (tools/bench_expr.py).
 - shards, tokenizers: the ``wds:`` shard reader against the image-folder reader (images/s, same JPEGs), and
   ``tokenizer.clip_bpe`` against open_clip (captions/s); see tools/bench_shards.py.
@@ -123,8 +124,9 @@ def bench_load() -> None:
 
 SECTIONS = {"compose": bench_compose, "compile": bench_compile, "load": bench_load}
 # section → (module in tools/, its function); each file holds one benchmark with its own docstring
-MORE = {"data": ("bench_data", "main"), "masking": ("bench_masking", "main"), "checkpoint": ("bench_checkpoint", "main"),
-        "expr": ("bench_expr", "main"), "shards": ("bench_shards", "main"), "tokenizers": ("bench_shards", "tokenizers")}
+MORE = {"data": ("bench_data", "main"), "masking": ("bench_masking", "main"),
+        "checkpoint": ("bench_checkpoint", "main"), "augment": ("bench_augment", "main"), "expr": ("bench_expr", "main"),
+        "shards": ("bench_shards", "main"), "tokenizers": ("bench_shards", "tokenizers")}
 
 
 def main(argv: list[str]) -> None:

@@ -13,6 +13,11 @@ Every block is a data-stage block (``stage = "data"``): it runs in DataLoader wo
 All randomness comes from torch's global generator, so ``torch.manual_seed`` (or the DataLoader's per-worker
 seeding) makes a block deterministic.
 
+Batched path. ``block.use_batched(True)`` switches a recipe to ``composer.blocks.augment_batched``: the same
+v2 pipelines (read by ``spec_of``, so the two paths share their parameters) run as batch operations with
+per-sample parameters, on whatever device the image batch is on. Its parameters come from a CPU generator
+seeded by one draw of torch's global generator per call, so seeding stays as above.
+
 Gaussian blur. torchvision's ``GaussianBlur`` needs a kernel size; the official pipelines define it two ways:
 
 - SimCLR (google-research/simclr · data_util.py · random_blur, gaussian_blur): ``kernel_size = side // 10``,
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from composer.blocks import augment_batched
 from composer.blocks.registry import block
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,6 +91,8 @@ class Augment(nn.Module):
 
     stage = "data"
     kind = "augment"  # replaced by the registered kind (``@block`` sets it on each recipe)
+    batchable = True  # whether forward goes through ``_views`` (False: a recipe with its own per-sample code)
+    batched = False  # set by ``use_batched``
 
     def __init__(self, *, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -129,9 +137,56 @@ class Augment(nn.Module):
             raise self._error(f"{name} must hold one float per RGB channel, got {value!r}")
         return float(value[0]), float(value[1]), float(value[2])
 
+    # ----- batched path -----
+    def use_batched(self, on: bool = True) -> bool:
+        """Run the recipe batched (``on``) or per sample; returns whether it now runs batched.
+
+        A recipe stays per sample when one of its pipelines has an op or an order the batched path cannot
+        reproduce (``augment_batched.spec_of`` explains which).
+        """
+        self.batched = False
+        if on and self.batchable:
+            try:
+                self._specs = {id(p): augment_batched.spec_of(p) for p in self._pipelines()}
+            except ValueError:
+                return False
+            self.batched = bool(self._specs)
+        return self.batched
+
+    def batched_reason(self) -> str | None:
+        """Why ``use_batched`` would keep this recipe per sample (None if it would not)."""
+        if not self.batchable:
+            return "its pipeline is not a crop followed by colour ops"
+        try:
+            for p in self._pipelines():
+                augment_batched.spec_of(p)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    def _pipelines(self) -> list[v2.Compose]:
+        """The recipe's per-sample view pipelines (every v2.Compose held, except the float conversion)."""
+        return [p for p in self.children() if isinstance(p, v2.Compose) and p is not self.to_float]
+
+    def _padded(self, samples: Tensor | list[Tensor]) -> _Padded:
+        """The samples as one uint8 batch (zero-padded to the largest size when sizes differ) with the call's
+        generator, seeded by one draw of torch's global generator."""
+        if isinstance(samples, Tensor):  # already one batch: no unbind/stack copy
+            images, sizes = samples, torch.tensor(samples.shape[-2:]).expand(len(samples), 2)
+        elif bool(((sizes := torch.tensor([x.shape[-2:] for x in samples])) == sizes[0]).all()):
+            images = torch.stack(samples)
+        else:
+            hmax, wmax = sizes.max(0).values.tolist()
+            images = samples[0].new_zeros((len(samples), 3, hmax, wmax))
+            for x, out in zip(samples, images):
+                out[:, :x.shape[1], :x.shape[2]] = x
+        seed = int(torch.randint(0, 2 ** 62, (1,)))
+        return _Padded(images, sizes[:, 0], sizes[:, 1], torch.Generator().manual_seed(seed))
+
     # ----- forward machinery -----
-    def _samples(self, image: Tensor | Sequence[Tensor]) -> list[Tensor]:
-        """The batch as a list of uint8 ``(3, H_i, W_i)`` tensors; ``ValueError`` for anything else."""
+    def _samples(self, image: Tensor | Sequence[Tensor]) -> list[Tensor] | _Padded:
+        """The batch as a list of uint8 ``(3, H_i, W_i)`` tensors, or as one ``_Padded`` batch on the batched
+        path; ``ValueError`` for anything else."""
         if isinstance(image, Tensor):
             if image.ndim != 4:
                 raise self._error(f"image must be (B, 3, H, W) or a list of (3, H, W), got shape "
@@ -146,6 +201,8 @@ class Augment(nn.Module):
                 shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
                 dtype = x.dtype if isinstance(x, Tensor) else None
                 raise self._error(f"each image must be a uint8 (3, H, W) tensor, got {shape} {dtype}")
+        if self.batched:
+            return self._padded(image if isinstance(image, Tensor) else samples)
         return samples
 
     @staticmethod
@@ -153,11 +210,27 @@ class Augment(nn.Module):
         """One independent draw of ``pipeline`` per sample: uint8 ``(B, 3, S, S)``."""
         return torch.stack([pipeline(x) for x in samples])
 
-    def _views(self, pipelines: Sequence[nn.Module], samples: list[Tensor], size: int) -> Tensor:
+    def _views(self, pipelines: Sequence[nn.Module], samples: list[Tensor] | _Padded, size: int) -> Tensor:
         """Apply each pipeline to the whole batch and normalise: float32 ``(len(pipelines), B, 3, S, S)``."""
+        if isinstance(samples, _Padded):
+            if not pipelines:
+                return torch.empty((0, len(samples), 3, size, size), dtype=torch.float32, device=samples.images.device)
+            return augment_batched.run_views(samples.images, [self._specs[id(p)] for p in pipelines],
+                                             samples.generator, self.mean, self.std,
+                                             heights=samples.heights, widths=samples.widths)
         if not pipelines:  # e.g. DINO with local_crops 0: an empty view axis
             return torch.empty((0, len(samples), 3, size, size), dtype=torch.float32)
         return self.to_float(torch.stack([self._apply(p, samples) for p in pipelines]))
+
+
+class _Padded:
+    """A batch for the batched path: uint8 images (B, 3, H, W), true sizes (B,), and the call's generator."""
+
+    def __init__(self, images: Tensor, heights: Tensor, widths: Tensor, generator: torch.Generator):
+        self.images, self.heights, self.widths, self.generator = images, heights, widths, generator
+
+    def __len__(self) -> int:
+        return len(self.images)
 
 
 class RepeatedViews(Augment):

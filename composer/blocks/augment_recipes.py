@@ -178,6 +178,8 @@ class BeitAugment(Augment):
     Returns ``BeitViews(image (B, 3, S, S), tokenizer_image (B, 3, T, T))``, float32.
     """
 
+    batchable = False  # one crop box resized twice after a full-image jitter: its own per-sample code
+
     def __init__(self, *, size: int = 224, tokenizer_size: int = 112, scale: tuple[float, float] = (0.08, 1.0),
                  tokenizer_pixels: Literal["dalle", "unit", "symmetric"] = "dalle",
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):

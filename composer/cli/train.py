@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model stage")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (0: load in the main process)")
+    p.add_argument("--augment", choices=["auto", "device", "workers"], default="auto",
+                   help="where the augmentations run: batched on the training device, or per sample in the "
+                        "DataLoader workers (default auto: device on an accelerator, workers on a CPU)")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op threads (default: OMP_NUM_THREADS, else the cores left after the workers)")
     p.add_argument("--ckpt-every", type=int, default=0, metavar="STEPS",
@@ -74,7 +77,7 @@ def run(args) -> int:
     spec = load(args.graph, overrides, args.variant)
     opts = TrainOptions(
         data=args.data, out=args.out, seed=args.seed, device=args.device, precision=args.precision,
-        compile=args.compile, workers=args.workers, threads=args.threads, resume=args.resume,
+        compile=args.compile, workers=args.workers, augment=args.augment, threads=args.threads, resume=args.resume,
         fallback=args.fallback, overwrite=args.overwrite, max_bad_samples=args.max_bad_samples,
         ckpt_every=args.ckpt_every, keep=args.keep,
         log_every=args.log_every, probe_every=args.probe_every, probe_data=args.probe_data,

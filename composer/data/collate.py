@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 # How each field of the raw sample convention is batched; a field no sample has is absent from the batch.
-_FIELDS = ("image", "label", "caption", "boxes", "tokens_positive")
+_FIELDS = ("image", "encoded", "label", "caption", "boxes", "tokens_positive")
 
 
 def collate(samples: list[dict]) -> dict:
@@ -16,7 +16,8 @@ def collate(samples: list[dict]) -> dict:
         label: (B,) int64;
         caption: list of B str;
         boxes: list of B float32 (n_i, 4) tensors (box counts differ between samples);
-        tokens_positive: list of B lists (per box, a list of [start, end) spans).
+        tokens_positive: list of B lists (per box, a list of [start, end) spans);
+        encoded: list of B uint8 (N_i,) tensors, the undecoded image files (``folder:PATH,decode=device``).
 
     Raises:
         ValueError: on an empty batch, an unknown field, or a field present in some samples only.
@@ -37,7 +38,7 @@ def collate(samples: list[dict]) -> dict:
         batch["image"] = torch.stack(images) if same else images
     if "label" in keys:
         batch["label"] = torch.tensor([int(s["label"]) for s in samples], dtype=torch.long)
-    for key in ("caption", "boxes", "tokens_positive"):
+    for key in ("caption", "boxes", "tokens_positive", "encoded"):
         if key in keys:
             batch[key] = [s[key] for s in samples]
     return batch

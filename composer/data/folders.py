@@ -45,6 +45,36 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def read_encoded(path: str | os.PathLike) -> torch.Tensor:
+    """The bytes of an image file as a uint8 (N,) tensor, for decoding later (on the training device)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def decode_images(encoded: list[torch.Tensor], device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """Decode encoded images (uint8 (N_i,) CPU tensors) to uint8 RGB (3, H_i, W_i) on ``device``.
+
+    On CUDA, JPEGs are decoded in one batched nvJPEG call (``torchvision.io.decode_jpeg(list, device=...)``);
+    other formats, and every image on a CPU, go through ``torchvision.io.decode_image`` (libjpeg-turbo, libpng).
+    torchvision 0.29 deprecates these decoders in favour of TorchCodec (>= 0.16) but still ships them; the
+    warning is silenced here (one per worker and call would flood the log).
+    """
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+        device, rgb = torch.device(device), ImageReadMode.RGB
+        if device.type != "cuda":
+            return [decode_image(e, mode=rgb) for e in encoded]
+        jpeg = [i for i, e in enumerate(encoded) if len(e) > 2 and e[0] == 0xFF and e[1] == 0xD8]
+        out: list = [None] * len(encoded)
+        for i, img in zip(jpeg, decode_jpeg([encoded[i] for i in jpeg], mode=rgb, device=device) if jpeg else []):
+            out[i] = img
+        return [img if img is not None else decode_image(e, mode=rgb).to(device) for img, e in zip(out, encoded)]
+
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{what}: folder not found: {path}")
@@ -64,7 +94,10 @@ class ImageFolderDataset(Dataset):
     itself, for every split.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
+    def __init__(self, root: str | os.PathLike, split: str = "train", decode: str = "workers") -> None:
+        if decode not in ("workers", "device"):
+            raise ValueError(f"folder: decode must be 'workers' or 'device', got {decode!r}")
+        self.decode = decode  # "device": samples carry the file bytes as "encoded" (decoded by the trainer)
         root = _require_dir(Path(root), "image folder")
         if (root / split).is_dir():
             root = root / split
@@ -76,6 +109,8 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, label = self.folder.samples[index]
+        if self.decode == "device":
+            return {"encoded": read_encoded(path), "label": int(label)}
         return {"image": read_image(path), "label": int(label)}
 
 

@@ -6,6 +6,7 @@ that read files, followed by ``key=value`` options:
     shapes                                   the embedded procedural dataset (defaults n=10000,size=64,seed=0)
     shapes:n=2000,size=64,seed=0
     folder:PATH                              image folders (PATH/train and PATH/val are used when present)
+    folder:PATH,decode=device                the workers send file bytes; the trainer decodes (nvJPEG on CUDA)
     cifar10:ROOT  cifar100:ROOT  stl10:ROOT  local copies; add ",download=true" to fetch them
     csv:FILE.csv[,img_key=filepath,caption_key=caption,sep=\\t]
     grounding:FILE.json[,images=DIR]
@@ -54,7 +55,7 @@ def _separator(text: str) -> str:
 KINDS: dict[str, tuple[bool, dict[str, Callable[[str], object]], Callable[..., Dataset]]] = {
     "shapes": (False, {"n": int, "size": int, "seed": int},
                lambda path, split, **o: ShapesDataset(split=split, **o)),
-    "folder": (True, {}, lambda path, split: ImageFolderDataset(path, split=split)),
+    "folder": (True, {"decode": str}, lambda path, split, **o: ImageFolderDataset(path, split=split, **o)),
     "cifar10": (True, {"download": _bool}, lambda path, split, **o: CIFAR10(path, split=split, **o)),
     "cifar100": (True, {"download": _bool}, lambda path, split, **o: CIFAR100(path, split=split, **o)),
     "stl10": (True, {"download": _bool}, lambda path, split, **o: STL10(path, split=split, **o)),

@@ -33,6 +33,17 @@ class DataStage(nn.Module):
         self.graph_module = graph_module
         self.inputs = inputs
 
+    def use_batched(self, on: bool = True) -> dict[str, str | None]:
+        """Switch every block that offers it (the augment recipes) to its batched path, or back.
+
+        Returns ``{block name: None if batched, else why it stays per sample}`` for those blocks.
+        """
+        status = {}
+        for name, module in self.graph_module.named_children():
+            if hasattr(module, "use_batched"):
+                status[name] = None if module.use_batched(on) else (module.batched_reason() if on else "off")
+        return status
+
     def forward(self, batch: dict) -> dict:
         missing = [k for k in self.inputs if k not in batch]
         if missing:

@@ -17,6 +17,13 @@ Unreadable samples. A file that cannot be decoded is replaced by the next readab
 batch as ``(file, cause)`` pairs, and the trainer counts them in its own process (``SkippedSamples``), whichever
 worker met them, and stops past ``--max-bad-samples``.
 
+Where the augmentations run (``ptc train --augment``). ``workers``: the whole data stage runs per sample in
+the DataLoader workers (the reference path). ``device``: the workers only collate the raw uint8 batch (small to
+transfer), and ``DeviceStage`` runs the data stage in the training process on the training device, with the
+augment blocks switched to their batched path (``composer.blocks.augment_batched``). It is seeded from the same
+``(seed, epoch, k, j, rank)`` key, so a resumed run draws the same augmentations as an uninterrupted one, on
+one process or many.
+
 Threads. Tiny-image augmentations are 25-100x slower with 2 threads than with 1 on small CPUs (thread start-up
 dominates), so the data stage always runs single-threaded: in workers for good, in the main process around
 the call.
@@ -33,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from composer.data.collate import collate
 from composer.data.faults import first_readable
 from composer.runtime.errors import UserError
+from composer.data.folders import decode_images
 
 
 class RunSampler(Sampler):
@@ -175,9 +183,52 @@ class StageCollate:
         if any(sample is None for sample in samples):  # nothing readable within max_bad: the trainer stops
             return tag, None, skipped
         raw = collate(samples)
+        if "encoded" in raw and self.data_stage is not raw_batch:  # decode=device with per-sample augmentation
+            raw["image"] = _as_batch(decode_images(raw.pop("encoded")))
         with seeded((self.seed, *tag, self.rank), fork=not self.in_worker), torch.no_grad():
             out = self.data_stage(raw)
         return tag, {k: out[k] for k in self.keep if k in out}, skipped
+
+
+def raw_batch(batch: dict) -> dict:
+    """The data stage of the ``device`` placement's workers: the collated raw batch, unchanged."""
+    return batch
+
+
+class DeviceStage:
+    """The data stage in the training process, on the batch's device, batched where the blocks allow.
+
+    ``raw_keys``: what the workers must send (the data stage's inputs, plus ``label`` for logging);
+    ``status``: ``{augment block: None if batched, else why it stays per sample}``.
+    """
+
+    def __init__(self, data_stage, keep: list[str], seed: int, rank: int):
+        self.data_stage, self.keep, self.seed, self.rank = data_stage, list(keep), seed, rank
+        self.status = data_stage.use_batched(True)
+        self.raw_keys = list(dict.fromkeys([*data_stage.inputs, "label", "encoded"]))
+
+    def __call__(self, tag: tuple[int, ...], raw: dict, device: torch.device | str = "cpu") -> dict:
+        """The data stage's outputs for the raw CPU batch at position ``tag``, computed on ``device``."""
+        raw = {k: _move(v, device) for k, v in raw.items() if k != "encoded"} | \
+            ({"image": _as_batch(decode_images(raw["encoded"], device))} if "encoded" in raw else {})
+        with seeded((self.seed, *tag, self.rank), fork=True), torch.no_grad():
+            out = self.data_stage(raw)
+        return {k: out[k] for k in self.keep if k in out}
+
+
+def _move(value, device):
+    """A tensor, or a list of tensors (images of different sizes), on ``device``; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return [v.to(device, non_blocking=True) for v in value]
+    return value
+
+
+def _as_batch(images: list[torch.Tensor]):
+    """(B, 3, H, W) when the decoded images share a size, else the list (the convention of ``collate``)."""
+    same = all(img.shape == images[0].shape for img in images)
+    return torch.stack(images) if same else images
 
 
 def _worker_init(_worker_id: int) -> None:

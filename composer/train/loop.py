@@ -34,7 +34,7 @@ from composer.graph.model import Output
 from composer.graph.train_section import parse_train
 from composer.runtime import collectives
 from composer.train import checkpoint, launch
-from composer.train.batches import SkippedSamples, make_loader, steps_per_epoch
+from composer.train.batches import DeviceStage, SkippedSamples, make_loader, raw_batch, steps_per_epoch
 from composer.train.monitor import collapse_scalars, embedding_of
 from composer.train.optim import (build_optimizer, clip_gradients, freeze_gradients, group_values,
                                   set_hyperparameters)
@@ -55,6 +55,7 @@ class TrainOptions:
     precision: str = "fp32"          # fp32 | bf16 (autocast; losses compute in float32)
     compile: bool = False            # torch.compile the model stage
     workers: int = 2                 # DataLoader worker processes (0: data stage in the main process)
+    augment: str = "auto"            # device | workers | auto (device on an accelerator): see train.batches
     threads: int = 0                 # intra-op threads of the training process; 0: launch.choose_threads
     resume: bool | str = False       # True: newest checkpoint of ``out`` if any; a path: that run or checkpoint
     fallback: bool = False           # resume from the newest intact checkpoint when the one asked for is corrupt
@@ -146,7 +147,11 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     if env.world_size > 1:
         ddp = _wrap_ddp(model, env)
 
-    loader, _ = make_loader(dataset, model.data_stage, model.model_inputs, batch_size=cfg.batch_size,
+    stage, keep, device_stage = model.data_stage, model.model_inputs, None
+    if _augment_where(opts, env) == "device":  # workers collate raw uint8; the data stage runs here, batched
+        device_stage = DeviceStage(model.data_stage, model.model_inputs, opts.seed, env.rank)
+        stage, keep = raw_batch, device_stage.raw_keys
+    loader, _ = make_loader(dataset, stage, keep, batch_size=cfg.batch_size,
                             accumulate=cfg.accumulate, world_size=env.world_size, rank=env.rank, seed=opts.seed,
                             start_step=start, total_steps=total, num_workers=opts.workers,
                             pin_memory=env.device.type == "cuda", max_bad=opts.max_bad_samples)
@@ -162,6 +167,9 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     skipped = SkippedSamples(opts.max_bad_samples, lambda text: log.message(text) if main else None,
                              state.get("skipped_samples") if state else None)
     written = None  # the checkpoint this process wrote last
+    for name, why in (device_stage.status if device_stage is not None else {}).items():
+        log.message(f"augment block {name!r}: " + ("batched on the device" if why is None else
+                                                   f"per sample on the device ({why})"))
     probe = _OnlineProbe(opts, data_spec, main)
     if start == 0:
         probe.maybe(log, model, env, 0)  # the encoder at initialisation: the baseline the run must beat
@@ -184,10 +192,12 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             outputs = []
             for j in range(cfg.accumulate):
                 t0 = time.perf_counter()
-                _, batch, bad = next(batches)
-                data_time += time.perf_counter() - t0
+                tag, batch, bad = next(batches)
                 skipped.add(bad, batch is None)  # warns about new unreadable files; stops past --max-bad-samples
+                if device_stage is not None:  # decoding (decode=device) and augmentation on the device
+                    batch = device_stage(tag, batch, env.device)
                 batch = _to_device(batch, env.device)
+                data_time += time.perf_counter() - t0
                 if ddp is not model:
                     ddp.require_backward_grad_sync = j == cfg.accumulate - 1
                 with autocast:
@@ -250,6 +260,15 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     if main:
         print(f"{spec.name}: {total} steps done; run folder {run_dir}", file=sys.stderr)
     return run_dir
+
+
+def _augment_where(opts: TrainOptions, env: launch.Launch) -> str:
+    """``device`` or ``workers``: ``auto`` is ``device`` on an accelerator and ``workers`` on a CPU."""
+    if opts.augment not in ("auto", "device", "workers"):
+        raise TrainError(f"augment must be 'auto', 'device' or 'workers', got {opts.augment!r}")
+    if opts.augment == "auto":
+        return "workers" if env.device.type == "cpu" else "device"
+    return opts.augment
 
 
 def _wrap_ddp(model, env: launch.Launch):

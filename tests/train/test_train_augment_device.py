@@ -1,0 +1,78 @@
+"""``--augment device``: workers send raw uint8 batches, the data stage runs batched in the training process,
+seeded per (seed, epoch, step, micro-batch, rank), so a resumed run draws the augmentations of an uninterrupted one."""
+from __future__ import annotations
+
+import torch
+from train_helpers import DATA, MOCO, fast, final_model, losses
+
+import composer
+from composer.data.spec import open_dataset
+from composer.train import checkpoint, train
+from composer.train.batches import DeviceStage, make_loader, raw_batch
+
+OVERRIDES = {"train.batch_size": 8, "train.steps": 12, "train.lr": 0.05,
+             "blocks.encoder.model_args": "{drop_path_rate: 0.2}"}
+
+
+def _device_batches(model, start: int, total: int, workers: int) -> list[dict]:
+    stage = DeviceStage(model.data_stage, model.model_inputs, seed=3, rank=0)
+    assert stage.status == {"aug": None}  # MoCo v2's recipe runs batched
+    loader, _ = make_loader(open_dataset(DATA, "train"), raw_batch, stage.raw_keys, batch_size=8, accumulate=1,
+                            world_size=1, rank=0, seed=3, start_step=start, total_steps=total, num_workers=workers)
+    return [stage(tag, raw) for tag, raw in loader]
+
+
+def test_device_stage_batch_depends_only_on_its_position():
+    model = composer.build(composer.load(MOCO))
+    whole = _device_batches(model, 0, 4, workers=0)
+    tail = _device_batches(model, 2, 4, workers=2)  # a resumed loader, built by worker processes
+    assert [tuple(b["x_q"].shape) for b in whole] == [(8, 3, 16, 16)] * 4
+    for a, b in zip(whole[2:], tail):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(whole[2]["x_q"], whole[2]["x_k"])  # two independent draws of the recipe
+    assert not torch.equal(whole[2]["x_q"], whole[3]["x_q"])
+
+
+def test_resume_continues_the_device_augmentation_stream(tmp_path):
+    """A run resumed from its step-4 checkpoint (as after a kill) reproduces the uninterrupted run's losses."""
+    reference = tmp_path / "reference"
+    train(composer.load(MOCO, OVERRIDES), fast(reference, ckpt_every=4, keep=3, augment="device"))
+    resumed = tmp_path / "resumed"
+    train(composer.load(MOCO, OVERRIDES), fast(resumed, resume=str(checkpoint.path_for(reference, 4)),
+                                               augment="device"))
+    got, want = losses(resumed), losses(reference)
+    assert [s for s, _ in got] == list(range(5, 13))
+    assert torch.allclose(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want[4:]]), rtol=1e-5,
+                          atol=1e-6)
+    a, b = final_model(resumed), final_model(reference)
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+
+
+def test_decode_on_the_device_matches_worker_decoding(tmp_path):
+    """folder:PATH,decode=device: workers send file bytes, the trainer decodes them (CPU here: libjpeg-turbo;
+    CUDA: nvJPEG, measured in tools/bench_augment.py); same pixels as the workers' PIL decoding."""
+    import numpy as np
+    from PIL import Image
+
+    from composer.data.spec import open_dataset as open_spec
+    from composer.train.batches import StageCollate
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (24 + 8 * i, 40, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.jpg")
+    pil = open_spec(f"folder:{tmp_path}", "train")
+    raw = open_spec(f"folder:{tmp_path},decode=device", "train")
+    assert set(raw[0]) == {"encoded", "label"} and raw[0]["encoded"].ndim == 1
+    model = composer.build(composer.load(MOCO))
+    stage = DeviceStage(model.data_stage, model.model_inputs, seed=0, rank=0)
+    items = [((0, 0, 0), raw[i]) for i in range(6)]
+    _, collated = StageCollate(raw_batch, 0, 0, stage.raw_keys, in_worker=True)(items)
+    from composer.data.folders import decode_images
+    for i, image in enumerate(decode_images(collated["encoded"])):
+        assert (image.int() - pil[i]["image"].int()).abs().max() <= 1  # both libjpeg(-turbo); IDCT may differ
+    out = stage((0, 0, 0), collated)
+    assert out["x_q"].shape == (6, 3, 16, 16)
+    # the per-sample path in workers decodes the bytes itself
+    _, per = StageCollate(model.data_stage, 0, 0, model.model_inputs, in_worker=True)(items)
+    assert per["x_q"].shape == (6, 3, 16, 16)
