@@ -19,7 +19,7 @@ def _device_batches(model, start: int, total: int, workers: int) -> list[dict]:
     assert stage.status == {"aug": None}  # MoCo v2's recipe runs batched
     loader, _ = make_loader(open_dataset(DATA, "train"), raw_batch, stage.raw_keys, batch_size=8, accumulate=1,
                             world_size=1, rank=0, seed=3, start_step=start, total_steps=total, num_workers=workers)
-    return [stage(tag, raw) for tag, raw in loader]
+    return [stage(tag, raw) for tag, raw, _skipped in loader]
 
 
 def test_device_stage_batch_depends_only_on_its_position():
@@ -66,13 +66,13 @@ def test_decode_on_the_device_matches_worker_decoding(tmp_path):
     assert set(raw[0]) == {"encoded", "label"} and raw[0]["encoded"].ndim == 1
     model = composer.build(composer.load(MOCO))
     stage = DeviceStage(model.data_stage, model.model_inputs, seed=0, rank=0)
-    items = [((0, 0, 0), raw[i]) for i in range(6)]
-    _, collated = StageCollate(raw_batch, 0, 0, stage.raw_keys, in_worker=True)(items)
+    items = [((0, 0, 0), raw[i], ()) for i in range(6)]  # (position, sample, unreadable files passed over)
+    _, collated, _ = StageCollate(raw_batch, 0, 0, stage.raw_keys, in_worker=True)(items)
     from composer.data.folders import decode_images
     for i, image in enumerate(decode_images(collated["encoded"])):
         assert (image.int() - pil[i]["image"].int()).abs().max() <= 1  # both libjpeg(-turbo); IDCT may differ
     out = stage((0, 0, 0), collated)
     assert out["x_q"].shape == (6, 3, 16, 16)
     # the per-sample path in workers decodes the bytes itself
-    _, per = StageCollate(model.data_stage, 0, 0, model.model_inputs, in_worker=True)(items)
+    _, per, _ = StageCollate(model.data_stage, 0, 0, model.model_inputs, in_worker=True)(items)
     assert per["x_q"].shape == (6, 3, 16, 16)

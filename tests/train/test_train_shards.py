@@ -59,7 +59,7 @@ def _epochs(rank: int, world: int, pattern: str, out: str) -> None:
     for start in (0, 5):  # the whole run, then a run resumed at step 5 (mid-epoch 0)
         loader, _ = make_loader(data, _identity, ["label"], batch_size=BATCH, accumulate=1, world_size=world,
                                 rank=rank, seed=4, start_step=start, total_steps=2 * spe, num_workers=2)
-        seen.append([(tag, batch["label"].tolist()) for tag, batch in loader])
+        seen.append([(tag, batch["label"].tolist()) for tag, batch, _skipped in loader])
     gathered = [None] * world
     dist.all_gather_object(gathered, seen)
     if rank == 0:
