@@ -11,7 +11,7 @@ h = normalize(z, dim=-1, eps=0.000001)
 n = size(h, 1)
 big = all_gather(transpose(h, 0, 1))
 labels = arange(n) + n * rank()
-mask = 1000000000.0 * eye(size(big, 0))[labels]
+mask = 1000000000.0 * one_hot(labels, size(big, 0))
 a1 = big[:, 0]
 a2 = big[:, 1]
 loss_a = cross_entropy(cat(h[0] @ t(a2) / 0.1, h[0] @ t(a1) / 0.1 - mask, dim=1), labels)

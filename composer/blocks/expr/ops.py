@@ -236,6 +236,12 @@ def size(x, dim):
 
 # -- constructors ----------------------------------------------------------------------------------
 @op("constructor")
+def one_hot(index, n):
+    """rows of length n with a 1 at each integer of index (float)"""
+    return F.one_hot(index, n).float()
+
+
+@op("constructor")
 def eye(n, device=None):
     """the n x n identity"""
     return torch.eye(n, device=device)
