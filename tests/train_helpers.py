@@ -48,3 +48,27 @@ def ptc(*args, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "composer", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def kill_during_run(run_dir: Path, cli_args: list, after_step: int, stderr_path: Path, timeout: float = 240) -> None:
+    """Start ``python -m composer *cli_args`` and SIGKILL it once ``run_dir``'s metrics reach ``after_step``.
+
+    Fails if the run ends by itself before it could be killed (its stderr tail is in the message)."""
+    import signal
+    import time
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "composer", *map(str, cli_args)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                steps = [m["step"] for m in read_metrics(run_dir)] if (run_dir / "metrics.jsonl").exists() else []
+                if steps and steps[-1] >= after_step:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "the run ended before it could be killed: " + stderr_path.read_text()[-2000:]
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()

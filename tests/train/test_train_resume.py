@@ -1,18 +1,11 @@
 """A run killed with SIGKILL and resumed reproduces the uninterrupted run's loss curve and weights."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import torch
-from train_helpers import DATA, MOCO, ROOT, fast, final_model, losses, ptc
+from train_helpers import DATA, MOCO, fast, final_model, kill_during_run, losses, ptc
 
 import composer
 from composer.train import checkpoint, train
-from composer.train.runlog import read_metrics
 
 STEPS = 80
 # drop-path makes the model's own random stream matter, so a wrongly restored RNG state would show.
@@ -31,23 +24,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     train(composer.load(MOCO, OVERRIDES), fast(reference, ckpt_every=5))
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "composer", *_cli_args(killed, workers=2)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 240
-        try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                steps = [m["step"] for m in read_metrics(killed)] if (killed / "metrics.jsonl").exists() else []
-                if steps and steps[-1] >= 12:
-                    break
-                time.sleep(0.02)
-            assert proc.poll() is None, "the run ended before it could be killed: " + \
-                (tmp_path / "stderr.txt").read_text()[-2000:]
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+    kill_during_run(killed, _cli_args(killed, workers=2), 12, tmp_path / "stderr.txt")
     interrupted_at = losses(killed)[-1][0]
     assert 12 <= interrupted_at < STEPS
     assert checkpoint.step_of(checkpoint.latest(killed)) < STEPS

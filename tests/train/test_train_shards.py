@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -17,12 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 from dist_helpers import spawn
-from train_helpers import MOCO, ROOT, losses, ptc
+from train_helpers import MOCO, kill_during_run, losses, ptc
 
 from composer.data.shapes import ShapesDataset
 from composer.data.shards import ShardDataset, pattern_of, write_shards
 from composer.train.batches import make_loader, steps_per_epoch
-from composer.train.runlog import read_metrics
 
 N, BATCH = 70, 8
 
@@ -98,23 +93,7 @@ def test_sigkill_then_resume_on_damaged_shards_reproduces_the_run(tmp_path):
     assert reference.stderr.count("wds: skipped") >= 2  # the cut shard and the junk image, warned, not fatal
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "composer", *_cli(killed, data, workers=2)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 240
-        try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                steps = [m["step"] for m in read_metrics(killed)] if (killed / "metrics.jsonl").exists() else []
-                if steps and steps[-1] >= 12:
-                    break
-                time.sleep(0.02)
-            assert proc.poll() is None, "the run ended before it could be killed: " + \
-                (tmp_path / "stderr.txt").read_text()[-2000:]
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
+    kill_during_run(killed, _cli(killed, data, workers=2), 12, tmp_path / "stderr.txt")
     assert 12 <= losses(killed)[-1][0] < 40
     done = ptc(*_cli(killed, data, workers=0), "--resume")
     assert done.returncode == 0 and "resumed from" in done.stderr, done.stderr[-2000:]
