@@ -103,10 +103,11 @@ def collapse_warnings(spec) -> list[str]:
     return warnings
 
 
-def _stopped(spec, edge) -> bool:
-    """Whether the value on ``edge`` is a fixed target: ``!sg``, or computed from an EMA teacher or a memory."""
+def _upstream(spec, edge, stop=lambda node: False):
+    """The nodes the value on ``edge`` is computed from through gradient-carrying edges (none past ``!sg``);
+    the walk does not go on past a node for which ``stop(node)`` holds (that node is still yielded)."""
     if edge.sg:
-        return True
+        return
     seen, stack = set(), [edge.src]
     while stack:
         name = stack.pop()
@@ -114,30 +115,26 @@ def _stopped(spec, edge) -> bool:
             continue
         seen.add(name)
         node = spec.nodes[name]
-        if node.kind == "call" and spec.blocks[node.block].info.family in ("teacher", "memory"):
-            return True
-        stack.extend(e.src for e in node.inputs.values() if not e.sg)
-    return False
+        yield node
+        if not stop(node):
+            stack.extend(e.src for e in node.inputs.values() if not e.sg)
+
+
+def _stateful(spec, node) -> bool:
+    """A call of an EMA teacher or a memory: its output is a fixed target, and no gradient flows into it."""
+    return node.kind == "call" and spec.blocks[node.block].info.family in ("teacher", "memory")
+
+
+def _stopped(spec, edge) -> bool:
+    """Whether the value on ``edge`` is a fixed target: ``!sg``, or computed from an EMA teacher or a memory."""
+    return edge.sg or any(_stateful(spec, node) for node in _upstream(spec, edge))
 
 
 def _trainable_behind(spec, edge) -> list[str]:
     """Trainable blocks the value on ``edge`` depends on through gradient-carrying edges (empty: a fixed target)."""
-    if edge.sg:
-        return []
-    found, seen, stack = [], set(), [edge.src]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        node = spec.nodes[name]
-        if node.stage != "model":
-            continue
-        if node.kind == "call":
-            block = spec.blocks[node.block]
-            if block.info.family in ("teacher", "memory"):
-                continue  # no gradient flows into an EMA copy or a memory
-            if block.info.family not in NOT_TRAINABLE and node.block not in found:
-                found.append(node.block)
-        stack.extend(e.src for e in node.inputs.values() if not e.sg)
+    found = []
+    for node in _upstream(spec, edge, stop=lambda n: n.stage != "model" or _stateful(spec, n)):
+        if node.stage == "model" and node.kind == "call" and not _stateful(spec, node) \
+                and spec.blocks[node.block].info.family not in NOT_TRAINABLE and node.block not in found:
+            found.append(node.block)
     return found
