@@ -215,3 +215,9 @@ def test_the_documented_example_builds_and_its_multi_crop_is_dino():
     built = {name: make(cfg.pop("type").split(".", 1)[1], **cfg) for name, cfg in blocks.items()}
     assert built["aug"].size == 224 and len(built["aug"].groups[0]) == 2
     assert [spec_of(p) for p in built["crops"]._pipelines()] == [spec_of(p) for p in make("dino")._pipelines()]
+
+
+def test_a_threshold_the_batched_path_lacks_keeps_the_block_per_sample():
+    block = make("views", views=[{"size": 8, "solarize": 0.5, "solarize_threshold": 100}])
+    assert not block.use_batched(True) and "RandomSolarize" in block.batched_reason()
+    assert make("views", views=[{"size": 8, "solarize": 0.5}]).use_batched(True)
