@@ -268,3 +268,21 @@ def test_collapse_check_reports_simsiam_without_its_stop_gradient_only():
                            "tiny")
     (warning,) = composer.check(online).warnings
     assert "loss 'regression' (loss.expr) can collapse" in warning
+
+
+# ---------------------------------------------------------------- the generic additions, on bad input
+
+def test_per_epoch_schedule_and_independent_teacher_reject_bad_input():
+    from composer.blocks.registry import get
+    from composer.runtime.errors import GraphError
+    from composer.runtime.schedules import Schedule
+    with pytest.raises(ValueError, match="per: expected step or epoch, got 'week'"):
+        Schedule.parse({"cosine": [0.05, 0.0], "per": "week"})
+    with pytest.raises(GraphError, match=r"train\.lr: per: expected step or epoch") as e:
+        parse_train(composer.load(GRAPHS / "simsiam.yaml", {"train.lr.per": "week"}))
+    assert "\n" not in str(e.value)  # one line, at the overriding --set
+    # 3 epochs of 4 steps, one of warm-up: each epoch holds the value of its first step (0, then 1, then ½)
+    held = Schedule.parse({"cosine": [1.0, 0.0], "warmup": "1ep", "per": "epoch"}).bind(12, 4)
+    assert [held.at(s) for s in range(12)] == pytest.approx([0.0] * 4 + [1.0] * 4 + [0.5] * 4)
+    with pytest.raises(ValueError, match="init independent needs a source block built from a graph"):
+        get("teacher.ema").cls(source=torch.nn.Linear(3, 2), init="independent")
