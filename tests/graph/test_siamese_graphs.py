@@ -286,3 +286,45 @@ def test_per_epoch_schedule_and_independent_teacher_reject_bad_input():
     assert [held.at(s) for s in range(12)] == pytest.approx([0.0] * 4 + [1.0] * 4 + [0.5] * 4)
     with pytest.raises(ValueError, match="init independent needs a source block built from a graph"):
         get("teacher.ema").cls(source=torch.nn.Linear(3, 2), init="independent")
+
+
+# ---------------------------------------------------------------- the augmentations of the official recipes
+
+def _recipe(pipeline) -> dict:
+    """The settings of one view's v2.Compose, by transform."""
+    from torchvision.transforms import v2
+    out = {}
+    for t in pipeline.transforms:
+        inner = t.transforms[0] if isinstance(t, v2.RandomApply) else t
+        p = t.p if isinstance(t, v2.RandomApply) else getattr(t, "p", None)
+        if isinstance(inner, v2.RandomResizedCrop):
+            out["crop"] = (inner.size, inner.scale, inner.interpolation.value)
+        elif isinstance(inner, v2.RandomHorizontalFlip):
+            out["flip"] = p
+        elif isinstance(inner, v2.ColorJitter):
+            out["jitter"] = (inner.brightness, inner.contrast, inner.saturation, inner.hue, p)
+        elif isinstance(inner, v2.RandomGrayscale):
+            out["gray"] = p
+        elif isinstance(inner, v2.GaussianBlur):
+            out["blur"] = (inner.kernel_size, list(inner.sigma), p)
+        elif isinstance(inner, v2.RandomSolarize):
+            out["solarize"] = (inner.threshold, p)
+    return out
+
+
+def test_augmentations_are_the_official_views():
+    def views(graph):
+        model = composer.build(composer.load(GRAPHS / graph), check=False)
+        return [_recipe(p) for p in model.data_stage.graph_module.aug.groups[0]]
+    # BYOL (utils/augmentations.py · augment_config): bicubic crop 0.08-1, jitter (0.4, 0.4, 0.2, 0.1) p0.8,
+    # gray 0.2, blur with a 23-tap kernel at 224 (p1.0 / p0.1), solarize (p0 / p0.2) at 0.5 = uint8 128
+    common = {"crop": ((224, 224), (0.08, 1.0), "bicubic"), "flip": 0.5,
+              "jitter": ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1), 0.8), "gray": 0.2}
+    assert views("byol.yaml") == [{**common, "blur": ((23, 23), [0.1, 2.0], 1.0)},
+                                  {**common, "blur": ((23, 23), [0.1, 2.0], 0.1), "solarize": (128, 0.2)}]
+    # SimSiam (main_simsiam.py, MoCo v2's): bilinear crop 0.2-1, jitter (0.4, 0.4, 0.4, 0.1) p0.8, gray 0.2,
+    # blur p0.5 with PIL's kernel for sigma up to 2 (radius 6: 13 taps), flip; twice the same recipe
+    simsiam = {"crop": ((224, 224), (0.2, 1.0), "bilinear"), "flip": 0.5,
+               "jitter": ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1), 0.8), "gray": 0.2,
+               "blur": ((13, 13), [0.1, 2.0], 0.5)}
+    assert views("simsiam.yaml") == [simsiam, simsiam]
