@@ -41,6 +41,9 @@ from composer.blocks.ranges import Range, range_of
 
 ENTRY_POINT_GROUP = "pretext_composer.blocks"
 STAGES = ("data", "model")
+# set by the graph compiler on every block it builds: a function that builds the block once more from the same
+# graph parameters, with fresh random weights (teacher.ema's init: independent)
+REBUILD_ATTRIBUTE = "_rebuild_block"
 
 
 class BlockRef(str):

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from composer.blocks.registry import BlockRef, block
+from composer.blocks.registry import REBUILD_ATTRIBUTE, BlockRef, block
 from composer.runtime import collectives
 from composer.runtime.schedules import Schedule
 
@@ -17,9 +17,11 @@ class EMATeacher(nn.Module):
     """A copy of ``source`` whose parameters follow it: ξ ← m·ξ + (1 − m)·θ after each optimizer step.
 
     Only parameters are averaged; buffers (BatchNorm running statistics) evolve through the teacher's own
-    forward passes, as in every official implementation. The copy starts identical to
-    the source (DINO loads the student's state; MoCo copies encoder_q) and never requires grad, so DDP leaves
-    it out of its gradient buckets.
+    forward passes, as in every official implementation. By default the copy starts identical to the source
+    (DINO loads the student's state; MoCo copies encoder_q); ``init: independent`` starts it from a second,
+    independent initialisation of the source block instead (BYOL: byol_experiment.py · _make_initial_state
+    initialises the target with its own random key). It never requires grad, so DDP leaves it out of its
+    gradient buckets (and broadcasts rank 0's initialisation with the rest of the model).
 
     Timing: MoCo v1/v2/v3 update the key encoder inside forward, before computing keys; DINO and I-JEPA update
     after the optimizer step. Both give the same teacher at every step except the no-op update at step 0, so
@@ -33,22 +35,35 @@ class EMATeacher(nn.Module):
             DINO {cosine: [0.996, 1.0]}; I-JEPA {linear: [0.996, 1.0]}.
         mode: train (the copy follows the model's mode: MoCo's key encoder uses batch statistics) or eval
             (always in eval mode: DINO builds its ViT teacher without drop path, which eval mode reproduces).
+        init: copy (the source's initial weights: MoCo, DINO, I-JEPA) or independent (the source block built
+            once more from its own graph parameters, with fresh random weights: BYOL).
         momentum_at: which step's momentum the post-step update uses. completed: m(t) after optimizer step t
-            (DINO, I-JEPA). next: m(t+1), the value MoCo v3 applies inside the forward of iteration t+1 before
+            (DINO, I-JEPA, BYOL's target_ema(global_step) after the update). next: m(t+1), the value MoCo v3 applies inside the forward of iteration t+1 before
             computing its keys (builder.py · MoCo.forward), so a scheduled momentum is not one step late.
     """
 
     ports_follow_source = True
 
     def __init__(self, *, source: BlockRef, momentum: Schedule = 0.996, mode: Literal["train", "eval"] = "train",
-                 momentum_at: Literal["completed", "next"] = "completed"):
+                 momentum_at: Literal["completed", "next"] = "completed",
+                 init: Literal["copy", "independent"] = "copy"):
         super().__init__()
         if not isinstance(source, nn.Module):
             raise ValueError(f"teacher.ema: source must be a block, got {source!r}")
         self.momentum = Schedule.parse(momentum)
         if not 0.0 <= self.momentum.start <= 1.0 or not 0.0 <= self.momentum.end <= 1.0:
             raise ValueError(f"teacher.ema: momentum must lie in [0, 1], got {self.momentum}")
-        self.module = copy.deepcopy(source)
+        if init == "independent":
+            rebuild = getattr(source, REBUILD_ATTRIBUTE, None)
+            if rebuild is None:
+                raise ValueError("teacher.ema: init independent needs a source block built from a graph (its "
+                                 "constructor parameters are not known)")
+            self.module = rebuild()
+            if [p.shape for p in self.module.parameters()] != [p.shape for p in source.parameters()]:
+                raise ValueError("teacher.ema: init independent built a block whose parameters differ from the "
+                                 "source's")
+        else:
+            self.module = copy.deepcopy(source)
         self.module.requires_grad_(False)
         self.mode = mode
         self.offset = 1 if momentum_at == "next" else 0

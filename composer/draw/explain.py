@@ -47,7 +47,10 @@ def pseudocode(spec: GraphSpec, shapes, counts: dict | None = None) -> list[str]
     lines: list[tuple[str, str]] = []  # (code, comment)
     needs = grad_nodes(spec)
     for name, bs in spec.blocks.items():
-        if bs.source:
+        if bs.source and bs.params.get("init") == "independent":  # teacher.ema init: independent (BYOL)
+            lines.append((f"{name}.params = init({bs.source})", "EMA teacher: its own random initialisation, "
+                          "never gets gradient"))
+        elif bs.source:
             lines.append((f"{name}.params = {bs.source}.params", "EMA teacher: starts as a copy, never gets gradient"))
     inputs = ", ".join(spec.inputs)
     lines.append((f"for step, {'(' + inputs + ')' if len(spec.inputs) > 1 else inputs} in enumerate(loader):",

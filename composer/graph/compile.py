@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import operator
 import re
 
@@ -99,7 +100,11 @@ def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> d
             where = "cpu" if bs.info.stage == "data" else device
             try:
                 with torch.device(where) if where is not None else contextlib.nullcontext():
-                    built[name] = bs.info.cls(**block_kwargs(bs, built))
+                    kwargs = block_kwargs(bs, built)
+                    built[name] = bs.info.cls(**kwargs)
+                # a plain attribute (not a submodule): teacher.ema's init: independent builds the block again
+                object.__setattr__(built[name], registry.REBUILD_ATTRIBUTE,
+                                   functools.partial(bs.info.cls, **kwargs))
             except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 named = [p for p in bs.params if re.search(rf"\b{re.escape(p)}\b", what)]  # point at its line

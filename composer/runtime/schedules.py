@@ -8,11 +8,15 @@ Graph syntax (used for block parameters such as EMA momentum and for the trainer
     teacher_temp: {linear: [0.04, 0.07], until: 30ep} # DINO: per epoch, np.linspace(start, end, 30), then end
     lr: {cosine: [1.5e-4, 0.0], warmup: 40ep}         # linear warm-up from `warmup_from` (default 0), then cosine
     lr: {steps: [0.03, 0.1], at: [120ep, 160ep]}       # MoCo v1: multiply by 0.1 at epochs 120 and 160
+    lr: {cosine: [0.05, 0.0], per: epoch}             # SimSiam: the curve read once per epoch, held within it
 
 ``t`` is the optimizer step (0-based) and ``T`` the horizon: ``until`` when given, else the run's total steps.
 Durations are steps (``1000``) or epochs (``30ep``). A duration in epochs evaluates the curve once per epoch,
 as DINO's per-epoch teacher-temperature table does (``np.linspace`` includes both ends); a duration in steps
 evaluates it per step, as I-JEPA's momentum iterator and every per-iteration lr schedule do.
+``per: epoch`` holds the whole curve (warm-up included) at its value for the first step of each epoch, so a
+cosine over E epochs takes the values ``end + (start − end)(1 + cos(π e/E))/2`` for e = 0 .. E − 1, as
+SimSiam's ``adjust_learning_rate`` (called at the start of every epoch) does; ``per: step`` is the default.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ JSON_SCHEMA = {
                 "until": {"type": ["integer", "string"]},
                 "warmup": {"type": ["integer", "string"]},
                 "warmup_from": {"type": "number"},
+                "per": {"enum": ["step", "epoch"]},
             },
             "additionalProperties": False,
             "minProperties": 1,
@@ -76,6 +81,7 @@ class Schedule:
     warmup: Duration | None = None
     warmup_from: float = 0.0
     at_steps: tuple[Duration, ...] = ()
+    per: str = "step"                  # "epoch": evaluated at the first step of each epoch (SimSiam's lr)
     total_steps: int | None = None
     steps_per_epoch: int = 1
 
@@ -90,10 +96,13 @@ class Schedule:
         if not isinstance(value, dict):
             raise ValueError(f"expected a number or a schedule such as {{cosine: [0.996, 1.0]}}, got {value!r}")
         curves = [k for k in value if k in CURVES]
-        unknown = [k for k in value if k not in CURVES and k not in ("until", "warmup", "warmup_from", "at")]
+        unknown = [k for k in value if k not in CURVES and k not in ("until", "warmup", "warmup_from", "at", "per")]
         if unknown or len(curves) != 1:
             raise ValueError(f"a schedule names exactly one of {', '.join(CURVES)} (with optional until, warmup, "
-                             f"warmup_from, at); got keys {sorted(value)}")
+                             f"warmup_from, at, per); got keys {sorted(value)}")
+        per = value.get("per", "step")
+        if per not in ("step", "epoch"):
+            raise ValueError(f"per: expected step or epoch, got {per!r}")
         curve = curves[0]
         ends = value[curve]
         if curve == "constant":
@@ -107,7 +116,7 @@ class Schedule:
         return cls(curve, float(ends[0]), float(ends[1]),
                    until=Duration.parse(value["until"]) if "until" in value else None,
                    warmup=Duration.parse(value["warmup"]) if "warmup" in value else None,
-                   warmup_from=float(value.get("warmup_from", 0.0)), at_steps=at)
+                   warmup_from=float(value.get("warmup_from", 0.0)), at_steps=at, per=per)
 
     @property
     def is_constant(self) -> bool:
@@ -121,6 +130,8 @@ class Schedule:
         if self.is_constant:
             return self.start
         spe = self.steps_per_epoch
+        if self.per == "epoch":
+            step = step // spe * spe
         warm = self.warmup.steps(spe) if self.warmup else 0.0
         if step < warm:  # linear warm-up (MoCo v3, MAE, SimCLR: lr * step / warmup_steps)
             return self.warmup_from + (self.start - self.warmup_from) * step / warm
