@@ -19,6 +19,9 @@ class MLPHead(nn.Module):
         last_norm batch_no_beta (BN with γ only).
       - MoCo v3 (builder.py · _build_mlp): bias off, hidden_norm batch, projector last_norm batch_no_affine;
         R-50 projector [2048, 4096, 256], predictor [256, 4096, 256] with last_norm none.
+      - Barlow Twins (main.py · BarlowTwins): dims [2048, 8192, 8192, 8192], bias off, hidden_norm batch.
+      - VICReg (main_vicreg.py · Projector): dims [2048, 8192, 8192, 8192], bias on, hidden_norm batch,
+        last_bias off.
 
     Inputs:
         x: (..., dims[0])
@@ -31,6 +34,8 @@ class MLPHead(nn.Module):
         last_norm: normalisation after the last Linear: none, batch, batch_no_affine (MoCo v3),
             batch_no_beta (SimCLR's center=False).
         bias: give the Linear layers a bias (MoCo v2 yes; SimCLR and MoCo v3 no).
+        last_bias: give the last Linear a bias; default (null): as ``bias``. VICReg's expander has biased hidden
+            Linears and an unbiased last one.
         activation: relu (MoCo, SimCLR) or gelu (DINO).
         views: with a leading view axis (V, N, D): joint (BatchNorm over all V·N rows: SimCLR's 2N batch) or
             separate (one pass per view: MoCo v3 calls its projector and predictor per view).
@@ -38,15 +43,15 @@ class MLPHead(nn.Module):
 
     def __init__(self, *, dims: list[int], hidden_norm: Literal["none", "batch"] = "none",
                  last_norm: Literal["none", "batch", "batch_no_affine", "batch_no_beta"] = "none",
-                 bias: bool = True, activation: Literal["relu", "gelu"] = "relu",
+                 bias: bool = True, last_bias: bool | None = None, activation: Literal["relu", "gelu"] = "relu",
                  views: Literal["joint", "separate"] = "joint"):
         super().__init__()
         if len(dims) < 2 or any(int(d) < 1 for d in dims):
             raise ValueError(f"head.mlp: dims must list at least two positive widths, got {dims}")
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(d_in, d_out, bias=bias))
             last = i == len(dims) - 2
+            layers.append(nn.Linear(d_in, d_out, bias=last_bias if last and last_bias is not None else bias))
             if not last:
                 if hidden_norm == "batch":
                     layers.append(nn.BatchNorm1d(d_out))
