@@ -29,7 +29,7 @@ def test_a_typo_inside_a_variant_fails_check_and_names_the_variant(tmp_path, cap
     assert main(["check", "--no-dry-run", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{path}:16: variant 'tiny': node 'projector': unknown parameter 'dimz' for head.mlp "
-                   "(did you mean 'dims'?); expected one of dims, hidden_norm, last_norm, bias, activation, views"]
+                   "(did you mean 'dims'?); expected one of dims, hidden_norm, last_norm, bias, last_bias, activation, views"]
 
 
 def test_all_variants_pass_and_are_listed(tmp_path, capsys):
