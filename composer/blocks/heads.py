@@ -23,6 +23,9 @@ class MLPHead(nn.Module):
         bias on, last_bias off, hidden_norm batch, last_norm none.
       - SimSiam (simsiam/builder.py · SimSiam): projector [2048, 2048, 2048, 2048], bias off, hidden_norm
         batch, last_norm batch_no_affine; predictor [2048, 512, 2048], bias off, last_bias on.
+      - Barlow Twins (main.py · BarlowTwins): dims [2048, 8192, 8192, 8192], bias off, hidden_norm batch.
+      - VICReg (main_vicreg.py · Projector): dims [2048, 8192, 8192, 8192], bias on, hidden_norm batch,
+        last_bias off.
 
     Inputs:
         x: (..., dims[0])
@@ -36,7 +39,8 @@ class MLPHead(nn.Module):
             batch_no_beta (SimCLR's center=False).
         bias: give the Linear layers a bias (MoCo v2 yes; SimCLR and MoCo v3 no).
         last_bias: give the last Linear a bias; null (default) follows ``bias``. BYOL's MLP has a bias in its
-            hidden Linear only; SimSiam's predictor in its last Linear only.
+            hidden Linear only; SimSiam's predictor in its last Linear only;
+            VICReg's expander in its hidden Linears only.
         activation: relu (MoCo, SimCLR) or gelu (DINO).
         views: with a leading view axis (V, N, D): joint (BatchNorm over all V·N rows: SimCLR's 2N batch) or
             separate (one pass per view: MoCo v3 calls its projector and predictor per view).
