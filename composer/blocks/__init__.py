@@ -3,6 +3,7 @@ from composer.blocks import (  # noqa: F401  (importing a module registers its b
     expr,
     augment,
     augment_recipes,
+    augment_views,
     encoders,
     grounding,
     heads,

@@ -70,11 +70,17 @@ def pil_blur_kernel(sigma_max: float, side: int) -> int:
     return min(2 * math.ceil(3 * sigma_max) + 1, 2 * side - 1)
 
 
-def blur(kernel: int, p: float) -> nn.Module:
-    """Gaussian blur with sigma ~ U(0.1, 2), applied with probability ``p`` (identity for a 1-tap kernel)."""
+def blur(kernel: int, p: float, sigma: tuple[float, float] = BLUR_SIGMA) -> nn.Module:
+    """Gaussian blur with sigma ~ U(sigma) (default U(0.1, 2)), applied with probability ``p`` (identity for a
+    1-tap kernel or p = 0, so that a recipe without blur draws no random number for it)."""
     if kernel <= 1 or p == 0:
         return v2.Identity()
-    return v2.RandomApply([v2.GaussianBlur(kernel, sigma=BLUR_SIGMA)], p=p)
+    return v2.RandomApply([v2.GaussianBlur(kernel, sigma=sigma)], p=p)
+
+
+def solarize(p: float, threshold: int = SOLARIZE_THRESHOLD) -> nn.Module:
+    """``RandomSolarize(threshold, p)``; the identity for p = 0, which then draws no random number (as ``blur``)."""
+    return v2.Identity() if p == 0 else v2.RandomSolarize(threshold, p=p)
 
 
 def colour_jitter(brightness: float, contrast: float, saturation: float, hue: float, p: float) -> nn.Module:

@@ -27,6 +27,7 @@ from composer.blocks.augment import (
     blur,
     colour_jitter,
     pil_blur_kernel,
+    solarize,
 )
 from composer.blocks.registry import block
 
@@ -130,7 +131,7 @@ class DinoAugment(Augment):
                 v2.RandomHorizontalFlip(),
                 *_jitter_gray(),
                 blur(pil_blur_kernel(BLUR_SIGMA[1], size), blur_prob),
-                v2.RandomSolarize(SOLARIZE_THRESHOLD, p=solarize_prob),
+                solarize(solarize_prob),
             ])
 
         self.global1 = crop(global_size, global_scale, blur_prob=1.0, solarize_prob=0.0)

@@ -104,6 +104,8 @@ def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> d
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 named = [p for p in bs.params if re.search(rf"\b{re.escape(p)}\b", what)]  # point at its line
                 loc = spec.loc("blocks", name, named[0]) if named else bs.loc
+                if getattr(e, "path", None):  # a block naming the exact key (augment.views: views[1].blur)
+                    loc = spec.loc("blocks", name, *e.path)
                 raise GraphErrors([GraphError(f"cannot build {bs.kind}: {what}", loc, node=name,
                                               expected="parameters the block accepts (see 'ptc blocks')")]) from e
             pending.remove(name)
