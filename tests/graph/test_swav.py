@@ -247,15 +247,18 @@ def test_the_optimizer_is_larc_over_every_parameter_with_decay():
     # one step against apex LARC, with a zero parameter (LARC leaves its raw gradient, without decay)
     with torch.no_grad():
         model.projector.net[0].bias.zero_()
-    gen = torch.Generator().manual_seed(3)
-    for p in model.parameters():
-        p.grad = torch.randn(p.shape, generator=gen)
     reference = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(3)
+    for p, r in zip(model.parameters(), reference.parameters()):
+        p.grad = torch.randn(p.shape, generator=gen)
+        r.grad = p.grad.clone()
+    before = [p.detach().clone() for p in model.parameters()]
     set_hyperparameters(optimizer, 4.8, 1e-6)
     optimizer.step()
     larc_sgd_step(list(reference.parameters()), 4.8, 1e-6, buffers={})
     for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8, msg=name)
+    assert all(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
 def test_the_lr_is_main_swav_warm_up_then_cosine():
