@@ -5,7 +5,7 @@ CLIP) and the deterministic evaluation resize. The shared machinery and the blur
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,8 +27,8 @@ from composer.blocks.augment import (
     blur,
     colour_jitter,
     pil_blur_kernel,
-    solarize,
 )
+from composer.blocks.augment_views import MultiCropAugment, MultiCrops
 from composer.blocks.registry import block
 
 
@@ -82,21 +82,17 @@ class MoCoV3Augment(Augment):
         return self._views([self.view0, self.view1], self._samples(image), self.size)
 
 
-class DinoCrops(NamedTuple):
-    """DINO's multi-crop output: global crops (2, B, 3, G, G) and local crops (V, B, 3, L, L)."""
-
-    global_crops: Tensor
-    local_crops: Tensor
+DinoCrops = MultiCrops  # DINO's output: global crops (2, B, 3, G, G) and local crops (V, B, 3, L, L)
 
 
 @block("augment.dino")
-class DinoAugment(Augment):
+class DinoAugment(MultiCropAugment):
     """DINO's multi-crop augmentation (facebookresearch/dino · main_dino.py · DataAugmentationDINO).
 
     Every crop: RandomResizedCrop(ratio 3/4–4/3, bicubic) → flip p0.5 → ColorJitter(0.4, 0.4, 0.2, 0.1) p0.8 →
     grayscale p0.2 → Gaussian blur sigma U(0.1, 2) (PIL-equivalent kernel, ``pil_blur_kernel``). Global crop 1
     blurs with p1.0; global crop 2 blurs with p0.1 and then solarizes (threshold 128) with p0.2; local crops
-    blur with p0.5.
+    blur with p0.5. The recipe is ``augment.multi_crop`` with these views (``DINO_DEFAULTS``, ``dino_views``).
 
     Args:
         global_size: side G of the two global crops (224; DataAugmentationDINO).
@@ -115,33 +111,32 @@ class DinoAugment(Augment):
     Returns ``DinoCrops(global_crops (2, B, 3, G, G), local_crops (V, B, 3, L, L))``, float32.
     """
 
+    ranges: ClassVar[dict] = {}  # its own parameters take their ranges by name (composer.blocks.ranges)
+
     def __init__(self, *, global_size: int = 224, local_size: int = 96, local_crops: int = 8,
                  global_scale: tuple[float, float] = (0.4, 1.0), local_scale: tuple[float, float] = (0.05, 0.4),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        self.global_size = self._check_size("global_size", global_size)
-        self.local_size = self._check_size("local_size", local_size)
-        self.local_crops = self._check_count("local_crops", local_crops, 0)
-        global_scale = self._check_scale("global_scale", global_scale)
-        local_scale = self._check_scale("local_scale", local_scale)
+        # checked first, so that an error names DINO's own parameter (the checks only read the kind)
+        self._check_size("global_size", global_size)
+        self._check_size("local_size", local_size)
+        self._check_count("local_crops", local_crops, 0)
+        global_scale = list(self._check_scale("global_scale", global_scale))
+        local_scale = list(self._check_scale("local_scale", local_scale))
+        super().__init__(**dino_views(global_size, local_size, local_crops, global_scale, local_scale),
+                         mean=mean, std=std)
+        self.local_crops = local_crops
 
-        def crop(size: int, scale: tuple[float, float], blur_prob: float, solarize_prob: float) -> v2.Compose:
-            return v2.Compose([
-                v2.RandomResizedCrop(size, scale=scale, ratio=RATIO, interpolation=BICUBIC),
-                v2.RandomHorizontalFlip(),
-                *_jitter_gray(),
-                blur(pil_blur_kernel(BLUR_SIGMA[1], size), blur_prob),
-                solarize(solarize_prob),
-            ])
 
-        self.global1 = crop(global_size, global_scale, blur_prob=1.0, solarize_prob=0.0)
-        self.global2 = crop(global_size, global_scale, blur_prob=0.1, solarize_prob=0.2)
-        self.local = crop(local_size, local_scale, blur_prob=0.5, solarize_prob=0.0)
+DINO_DEFAULTS = {"interpolation": "bicubic", "jitter": [0.4, 0.4, 0.2, 0.1], "gray": 0.2}
 
-    def forward(self, image: Tensor | list[Tensor]) -> DinoCrops:
-        samples = self._samples(image)
-        return DinoCrops(self._views([self.global1, self.global2], samples, self.global_size),
-                         self._views([self.local] * self.local_crops, samples, self.local_size))
+
+def dino_views(global_size: int, local_size: int, local_crops: int, global_scale: list, local_scale: list) -> dict:
+    """DataAugmentationDINO as ``augment.multi_crop`` parameters."""
+    local = [{"size": local_size, "scale": local_scale, "blur": 0.5, "repeat": local_crops}] if local_crops else []
+    return {"defaults": {**DINO_DEFAULTS, "size": local_size},
+            "global_views": [{"size": global_size, "scale": global_scale, "blur": 1.0},
+                             {"size": global_size, "scale": global_scale, "blur": 0.1, "solarize": 0.2}],
+            "local_views": local}
 
 
 class BeitViews(NamedTuple):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from torch import Tensor, nn
 from torchvision.transforms import v2
@@ -212,6 +212,27 @@ class ConfiguredViews(Augment):
         steps.append(solarize(view["solarize"], view["solarize_threshold"]))
         return v2.Compose([s for s in steps if not isinstance(s, v2.Identity)])
 
+    # ----- sizes for the graph checker and ``ptc explain``, read without running the block -----
+    @classmethod
+    def _built(cls, params: Mapping) -> ConfiguredViews | None:
+        """The block built from graph parameters, or None if they are wrong (the build reports that)."""
+        try:
+            return cls(**params)
+        except (ValueError, TypeError):
+            return None
+
+    @classmethod
+    def image_sides(cls, params: Mapping) -> dict[str | None, int]:
+        """The side of the images of each output (None: the only one), for grid checks of maskers."""
+        built = cls._built(params)
+        return built._sides() if built is not None else {}
+
+    @classmethod
+    def shape_symbols(cls, params: Mapping) -> list[tuple[str, int, str, str]]:
+        """(letter, value, parameter, meaning) of the sizes of the outputs, for ``ptc explain``."""
+        built = cls._built(params)
+        return built._symbols() if built is not None else []
+
     def _pipelines(self) -> list[v2.Compose]:
         seen: dict[int, v2.Compose] = {}
         for group in self.groups:
@@ -244,7 +265,7 @@ class ViewsAugment(ConfiguredViews):
     Returns (V, B, 3, S, S) float32, views in the order listed (a repeated entry's copies together).
     """
 
-    ranges = {"views": FINITE, "defaults": FINITE}  # the per-view keys are checked by the block itself
+    ranges: ClassVar[dict] = {"views": FINITE, "defaults": FINITE}  # the per-view keys are checked by the block itself
 
     def __init__(self, *, views: list[dict], defaults: dict | None = None,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
@@ -255,6 +276,13 @@ class ViewsAugment(ConfiguredViews):
 
     def forward(self, image: Tensor | list[Tensor]) -> Tensor:
         return self._views(self.groups[0], self._samples(image), self.size)
+
+    def _sides(self) -> dict[str | None, int]:
+        return {None: self.size}
+
+    def _symbols(self) -> list[tuple[str, int, str, str]]:
+        return [("S", self.size, "views", "side S of the views"),
+                ("V", len(self.groups[0]), "views", "number of views V")]
 
 
 @block("augment.multi_crop")
@@ -280,7 +308,7 @@ class MultiCropAugment(ConfiguredViews):
     Returns ``MultiCrops(global_crops (G, B, 3, Sg, Sg), local_crops (L, B, 3, Sl, Sl))``, float32.
     """
 
-    ranges = {"global_views": FINITE, "local_views": FINITE, "defaults": FINITE}
+    ranges: ClassVar[dict] = {"global_views": FINITE, "local_views": FINITE, "defaults": FINITE}
 
     def __init__(self, *, global_views: list[dict], local_views: list[dict] | None = None,
                  defaults: dict | None = None,
@@ -296,3 +324,11 @@ class MultiCropAugment(ConfiguredViews):
         samples = self._samples(image)  # one draw of the global generator for both outputs (batched path)
         return MultiCrops(self._views(self.groups[0], samples, self.global_size),
                           self._views(self.groups[1], samples, self.local_size))
+
+    def _sides(self) -> dict[str | None, int]:
+        return {"global_crops": self.global_size, "local_crops": self.local_size}
+
+    def _symbols(self) -> list[tuple[str, int, str, str]]:
+        return [("G", self.global_size, "global_views", "side G of the global crops"),
+                ("L", self.local_size, "local_views", "side L of the local crops"),
+                ("V", len(self.groups[1]), "local_views", "number of local crops V")]

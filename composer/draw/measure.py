@@ -91,6 +91,10 @@ def param_symbols(spec: GraphSpec) -> dict[str, Symbol]:
             found = [s for s in _SYMBOL.findall(clause) if s not in _NOT_SYMBOLS]
             if found and found[0] not in out:
                 out[found[0]] = Symbol(found[0], value, f"{name}.{p.name}", clause.strip().rstrip(","))
+        # sizes a block keeps inside list parameters (augment.views: the side and number of its views)
+        for letter, value, pname, doc in getattr(bs.info.cls, "shape_symbols", lambda _: [])(bs.params):
+            if value >= MIN_SYMBOLIC and letter not in out:
+                out[letter] = Symbol(letter, value, f"{name}.{pname}", doc)
     return out
 
 

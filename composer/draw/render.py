@@ -234,6 +234,8 @@ def format_value(value) -> str:
             text = f"{curve} {a:g}→{b:g}{extra}"
         else:
             text = json.dumps(value, separators=(",", ":"))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # views of augment.views
+        text = " ".join("[" + ", ".join(f"{k} {format_value(v)}" for k, v in d.items()) + "]" for d in value)
     elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
         text = "-".join(str(v) for v in value)
     elif isinstance(value, float):

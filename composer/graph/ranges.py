@@ -84,7 +84,8 @@ def grid_errors(spec: GraphSpec) -> list[GraphError]:
         rule = GRID_RULES.get(block.kind)
         if rule is None:
             continue
-        size = image_size(spec, next(iter(node.inputs.values())).src)
+        edge = next(iter(node.inputs.values()))
+        size = image_size(spec, edge.src, field=edge.field)
         patch = _param(block, "patch_size")
         if size is None or not isinstance(patch, int):
             continue
@@ -133,15 +134,20 @@ GRID_RULES = {"mask.block": _block_mask, "mask.multi_block": _multi_block, "mask
 SIZE_PARAMS = ("size", "global_size", "img_size")
 
 
-def image_size(spec: GraphSpec, name: str, seen: frozenset = frozenset()) -> int | None:
-    """The side of the images in value ``name``: the ``size`` of the augmentation or encoder computing them."""
+def image_size(spec: GraphSpec, name: str, seen: frozenset = frozenset(), field: str | None = None) -> int | None:
+    """The side of the images in value ``name`` (its output ``field``): the ``size`` of the augmentation or
+    encoder computing them."""
     node = spec.nodes.get(name)
     if node is None or name in seen:
         return None
     if node.kind == "alias":
-        return image_size(spec, node.inputs["value"].src, seen | {name})
+        edge = node.inputs["value"]
+        return image_size(spec, edge.src, seen | {name}, edge.field)
     if node.kind == "call" and spec.blocks[node.block].info.family == "augment":
         block = spec.blocks[node.block]
+        sides = getattr(block.info.cls, "image_sides", None)
+        if sides is not None:  # sizes inside lists of views (augment.views, augment.multi_crop)
+            return sides(block.params).get(field)
         for p in SIZE_PARAMS:
             if p in block.info.params:
                 size = _param(block, p)

@@ -41,10 +41,10 @@ DINO_DEFAULTS = {"interpolation": "bicubic", "jitter": [0.4, 0.4, 0.2, 0.1], "gr
 
 
 def dino_views(g, l, local_crops, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
-    return dict(defaults=DINO_DEFAULTS,
-                global_views=[{"size": g, "scale": list(global_scale), "blur": 1.0},
-                              {"size": g, "scale": list(global_scale), "blur": 0.1, "solarize": 0.2}],
-                local_views=[{"size": l, "scale": list(local_scale), "blur": 0.5, "repeat": local_crops}])
+    return {"defaults": DINO_DEFAULTS,
+            "global_views": [{"size": g, "scale": list(global_scale), "blur": 1.0},
+                             {"size": g, "scale": list(global_scale), "blur": 0.1, "solarize": 0.2}],
+            "local_views": [{"size": l, "scale": list(local_scale), "blur": 0.5, "repeat": local_crops}]}
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per_sample", "batched"])
@@ -151,3 +151,67 @@ def test_a_wrong_view_key_in_a_graph_is_one_line_at_its_line(capsys):
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     line_no = int(err.split(":")[1])
     assert "blurr" in path.read_text().splitlines()[line_no - 1]
+
+
+YAML_DINO = """
+name: yaml_dino
+inputs: [image]
+blocks:
+  aug:
+    type: augment.multi_crop
+    defaults: {interpolation: bicubic, jitter: [0.4, 0.4, 0.2, 0.1], gray: 0.2}
+    global_views: [{size: 16, scale: [0.4, 1], blur: 1.0}, {size: 16, scale: [0.4, 1], blur: 0.1, solarize: 0.2}]
+    local_views: [{size: 8, scale: [0.05, 0.4], blur: 0.5, repeat: 4}]
+  encoder: {type: encoder.timm, arch: test_resnet}
+  head:    {type: head.mlp, dims: [96, 24]}
+  loss_fn: {type: loss.nt_xent}
+flow:
+  crops: {aug: image}
+  z:     {head: {encoder: crops.global_crops}}
+  zl:    {head: {encoder: crops.local_crops}}
+  loss:  {loss_fn: z}
+"""
+
+
+def test_explain_names_the_sizes_of_multi_crop_like_augment_dino(tmp_path):
+    """The dry run gives both outputs' shapes, written with DINO's symbols G, L, V as for augment.dino."""
+    import composer
+    from composer.draw.measure import symbolic_shapes
+    path = tmp_path / "yaml_dino.yaml"
+    path.write_text(YAML_DINO)
+    shapes = symbolic_shapes(composer.load(path))
+    assert shapes.of("crops") == "global_crops: 2 x N x 3 x G x G, local_crops: V x N x 3 x L x L"
+    assert {k: (s.value, s.where) for k, s in shapes.symbols.items() if k in "GLV"} == {
+        "G": (16, "aug.global_views"), "L": (8, "aug.local_views"), "V": (4, "aug.local_views")}
+
+
+@pytest.mark.parametrize("field,needle", [
+    ("local_crops", "patch_size 12 exceeds the 8-pixel images"),
+    ("global_crops", "(the 1x1 grid of 16-pixel images in 12-pixel patches)"),
+])
+def test_maskers_are_checked_against_the_side_of_the_crops_they_get(tmp_path, capsys, field, needle):
+    """graph/ranges.py reads each output's side from the views (local 8 px, global 16 px)."""
+    from composer.cli import main
+    text = YAML_DINO.replace("loss_fn: {type: loss.nt_xent}",
+                             "loss_fn: {type: loss.nt_xent}\n  masker: {type: mask.random, ratio: 0.5, patch_size: 12}")
+    text = text.replace("zl:    {head: {encoder: crops.local_crops}}", f"m:     {{masker: crops.{field}}}")
+    path = tmp_path / "masked.yaml"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_the_documented_example_builds_and_its_multi_crop_is_dino():
+    """docs/augmentation.md's example: both blocks build, and the multi-crop reads as augment.dino's views."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from composer.blocks.augment_batched import spec_of
+    doc = (Path(__file__).parents[2] / "docs" / "augmentation.md").read_text()
+    section = doc.split("## Describing views in YAML", 1)[1]
+    blocks = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1))["blocks"]
+    built = {name: make(cfg.pop("type").split(".", 1)[1], **cfg) for name, cfg in blocks.items()}
+    assert built["aug"].size == 224 and len(built["aug"].groups[0]) == 2
+    assert [spec_of(p) for p in built["crops"]._pipelines()] == [spec_of(p) for p in make("dino")._pipelines()]
