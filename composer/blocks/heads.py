@@ -128,3 +128,46 @@ class DINOHead(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         z = torch.nn.functional.normalize(self.mlp(flat), dim=-1)
         return self.last_layer(z).reshape(*x.shape[:-1], self.out_dim)
+
+
+@block("head.linear")
+class LinearHead(nn.Module):
+    """One Linear layer over the last dimension, optionally with unit-norm weight rows kept as a state update.
+
+    SwAV's prototypes (src/resnet50.py · ResNet.prototypes): ``Linear(128, 3000, bias=False)`` whose rows
+    (one per prototype) are L2-normalised under ``no_grad`` at the start of every iteration
+    (main_swav.py · train, before the forward). Here the rows are normalised once at construction and again in
+    ``update`` after every optimizer step, which gives the forward of every step the same weights; the gradient
+    is the plain gradient with respect to the stored (unit-row) weights, as in the official in-place copy.
+    Default init is torch's ``nn.Linear`` (kaiming-uniform), which SwAV leaves untouched.
+
+    Inputs:
+        x: (..., in_dim); leading axes (views, batch, queue rows) are kept.
+
+    Output: (..., out_dim), e.g. SwAV's scores of the unit embeddings against the K prototypes.
+
+    Args:
+        in_dim: input width (SwAV feat_dim 128).
+        out_dim: output width (SwAV nmb_prototypes 3000).
+        bias: give the layer a bias (SwAV's prototypes: no).
+        normalize_rows: keep each weight row at unit L2 norm (SwAV: yes); renormalised after every optimizer
+            step, so a row that the optimizer moves is put back on the sphere before the next forward.
+    """
+
+    def __init__(self, *, in_dim: int, out_dim: int, bias: bool = True, normalize_rows: bool = False):
+        super().__init__()
+        if in_dim < 1 or out_dim < 1:
+            raise ValueError(f"head.linear: in_dim and out_dim must be positive, got {in_dim}, {out_dim}")
+        self.linear = nn.Linear(in_dim, out_dim, bias=bias)
+        self.normalize_rows = normalize_rows
+        self.update(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Put every weight row back on the unit sphere (after optimizer step ``step``) when ``normalize_rows``."""
+        if self.normalize_rows:
+            w = self.linear.weight
+            w.copy_(torch.nn.functional.normalize(w, dim=1))

@@ -108,6 +108,7 @@ class _Parser:
         self.nodes: dict[str, Node] = {}
         self.blocks: dict[str, BlockSpec] = {}
         self.undefined: set[str] = set()  # values reported undefined: one line each, however often used
+        self.broken: set[str] = set()  # blocks declared with an unknown type: reported once, at their type
         self.quiet: set[str] = set()  # nodes with an input left out after an error already reported
 
     def err(self, message, loc_path=(), node=None, expected=None, line_offset: int = 0):
@@ -155,7 +156,7 @@ class _Parser:
         updates = self._parse_updates()
         objective = self._parse_objective()
         embedding = d.get("embedding")
-        if embedding is not None and embedding not in self.blocks:
+        if embedding is not None and embedding not in self.blocks and embedding not in self.broken:
             self.err(f"'embedding' names {embedding!r}, which is not a block{registry.did_you_mean(embedding, self.blocks)}",
                      ("embedding",), expected="the name of the encoder block used for evaluation and export")
         train = d.get("train") or {}
@@ -195,6 +196,7 @@ class _Parser:
                 info = registry.get(str(kind))
             except KeyError as e:
                 self.err(str(e.args[0]), where + ("type",), node=name, expected="a block type listed by 'ptc blocks'")
+                self.broken.add(name)
                 continue
             params = {k: v for k, v in body.items() if k != "type"}
             for p in params:
@@ -321,8 +323,9 @@ class _Parser:
         if isinstance(value, dict) and len(value) == 1:
             block = next(iter(value))
             if block not in self.blocks:
-                self.err(f"unknown block {block!r}{registry.did_you_mean(block, self.blocks)}", where, node=owner,
-                         expected="a block defined under 'blocks'")
+                if block not in self.broken:  # a block whose type is unknown was reported at its type
+                    self.err(f"unknown block {block!r}{registry.did_you_mean(block, self.blocks)}", where,
+                             node=owner, expected="a block defined under 'blocks'")
                 return None
             name = f"{hint.split('__')[0]}__{block}"
             i = 1
@@ -345,8 +348,10 @@ class _Parser:
         for block, args in raw.items():
             where = ("updates", block)
             if block not in self.blocks:
-                self.err(f"'updates' names {block!r}, which is not a block{registry.did_you_mean(block, self.blocks)}",
-                         where, node=block, expected="a block with an update() method")
+                if block not in self.broken:
+                    self.err(f"'updates' names {block!r}, which is not a block"
+                             f"{registry.did_you_mean(block, self.blocks)}", where, node=block,
+                             expected="a block with an update() method")
                 continue
             info = self.blocks[block].info
             if not info.has_update:

@@ -34,7 +34,7 @@ def _optimizer() -> dict:
         return {"type": ["object", "null"], "properties": props, "additionalProperties": False}
 
     return {"description": "sgd (torch.optim.SGD, coupled decay), lars (layer-wise trust ratio; lr_in_momentum: "
-                           "SimCLR's TF placement, else MoCo v3's), adamw (decoupled decay); a name or "
+                           "SimCLR's TF placement, else MoCo v3's; larc: apex LARC's trust ratio, SwAV), adamw (decoupled decay); a name or "
                            "{NAME: {ARGS}}",
             "default": "sgd",
             "anyOf": [{"enum": list(OPTIMIZERS)},

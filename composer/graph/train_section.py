@@ -6,7 +6,8 @@ Grammar (every key is optional; defaults in brackets)::
       optimizer: sgd                          # sgd | lars | adamw, or {NAME: {ARGS}}        [sgd]
       #   sgd:   {momentum: 0.9, nesterov: false}                        torch.optim.SGD, coupled decay
       #   lars:  {momentum: 0.9, trust_coefficient: 0.001, lr_in_momentum: false}
-      #          MoCo v3 (lr outside the momentum buffer) or, with lr_in_momentum: true, SimCLR's TF LARS
+      #          MoCo v3 (lr outside the momentum buffer) or, with lr_in_momentum: true, SimCLR's TF LARS;
+      #          larc: true gives apex LARC's trust ratio η‖w‖/(‖g‖ + wd‖w‖ + 1e-8) (SwAV)
       #   adamw: {betas: [0.9, 0.999], eps: 1.0e-8}                      torch.optim.AdamW, decoupled decay
       lr: {cosine: [0.3, 0.0], warmup: 10ep}  # a number or a schedule value (composer.runtime.schedules), per step      [0.03]
       lr_scaling: linear                      # lr × B/256 (linear), × sqrt(B/256) (sqrt), or as is  [none]
@@ -68,7 +69,7 @@ from composer.runtime.schedules import Duration, Schedule
 
 OPTIMIZERS = {
     "sgd": {"momentum": 0.9, "nesterov": False},
-    "lars": {"momentum": 0.9, "trust_coefficient": 0.001, "lr_in_momentum": False},
+    "lars": {"momentum": 0.9, "trust_coefficient": 0.001, "lr_in_momentum": False, "larc": False},
     "adamw": {"betas": (0.9, 0.999), "eps": 1e-8},
 }
 MODULE_RULES = ("bn", "ln", "gn", "norm")

@@ -94,6 +94,11 @@ class LARS(torch.optim.Optimizer):
 
     The two agree while the lr is constant; they differ during warm-up and decay.
 
+    With ``larc=True`` the trust ratio is apex's ``LARC(clip=False)`` as SwAV wraps its SGD (main_swav.py;
+    apex/parallel/LARC.py · LARC.step): ``q = η‖w‖/(‖g‖ + wd·‖w‖ + 1e-8)``, the norms of the gradient and of the
+    weights taken separately, then ``d = q·(g + wd·w)`` (``d = g`` if either norm is 0) and torch SGD's ``μ ← m·μ + d; w ← w − lr·μ``
+    (use it with ``lr_in_momentum=False``).
+
     Args:
         params: parameters or groups; a group key ``lars_adapt`` (default True) turns adaptation on or off.
         lr: learning rate.
@@ -101,15 +106,16 @@ class LARS(torch.optim.Optimizer):
         momentum: m (0.9 in both repos).
         trust_coefficient: η (0.001 in both repos).
         lr_in_momentum: SimCLR's placement of the lr inside the momentum buffer.
+        larc: apex LARC's trust ratio (SwAV) instead of η‖w‖/‖g + wd·w‖.
     """
 
     def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001, lr_in_momentum: bool = False):
+                 trust_coefficient: float = 0.001, lr_in_momentum: bool = False, larc: bool = False):
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or trust_coefficient <= 0:
             raise ValueError(f"LARS: need lr >= 0, weight_decay >= 0, 0 <= momentum < 1, trust_coefficient > 0; "
                              f"got {lr}, {weight_decay}, {momentum}, {trust_coefficient}")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient,
-                        lr_in_momentum=lr_in_momentum, lars_adapt=True)
+                        lr_in_momentum=lr_in_momentum, lars_adapt=True, larc=larc)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -124,9 +130,14 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 d = p.grad
-                if group["weight_decay"]:
+                if group["lars_adapt"] and group["larc"]:  # the norms of g and wd·w summed (apex LARC)
+                    w_norm, g_norm = torch.norm(p), torch.norm(d)
+                    q = group["trust_coefficient"] * w_norm / (g_norm + group["weight_decay"] * w_norm + 1e-8)
+                    # a zero weight or gradient: apex leaves the raw gradient, without decay
+                    d = torch.where((w_norm > 0) & (g_norm > 0), d.add(p, alpha=group["weight_decay"]).mul(q), d)
+                elif group["weight_decay"]:
                     d = d.add(p, alpha=group["weight_decay"])
-                if group["lars_adapt"]:
+                if group["lars_adapt"] and not group["larc"]:
                     w_norm, d_norm = torch.norm(p), torch.norm(d)
                     one = torch.ones_like(w_norm)
                     q = torch.where(w_norm > 0, torch.where(d_norm > 0, group["trust_coefficient"] * w_norm / d_norm,
@@ -191,7 +202,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         opt = torch.optim.SGD(groups, lr=0.0, momentum=args["momentum"], nesterov=args["nesterov"])
     elif cfg.optimizer == "lars":
         opt = LARS(groups, lr=0.0, momentum=args["momentum"], trust_coefficient=args["trust_coefficient"],
-                   lr_in_momentum=args["lr_in_momentum"])
+                   lr_in_momentum=args["lr_in_momentum"], larc=args["larc"])
     else:
         opt = torch.optim.AdamW(groups, lr=0.0, betas=tuple(args["betas"]), eps=args["eps"])
     return opt

@@ -162,7 +162,9 @@ def sinkhorn(scores, eps=0.05, iters=3):
     """SwAV's Sinkhorn-Knopp codes (B, K) of scores (B, K), without gradient: exp(scores / eps), then iters rounds
     of equalising prototype rows (sums over every process) and sample columns; each row of the result sums to 1"""
     with torch.no_grad():
-        q = torch.exp(scores.detach().float() / eps).T  # (K, B)
+        s = scores.detach()
+        s = s if s.dtype == torch.float64 else s.float()  # at least float32: exp(s / 0.05) overflows in half
+        q = torch.exp(s / eps).T  # (K, B)
         k, b = q.shape
         b_total = b * collectives.world_size()
         q = q / collectives.all_reduce_sum(q.sum())
