@@ -415,3 +415,17 @@ def test_two_processes_give_the_loss_gradients_and_centres_of_one_on_the_global_
             torch.testing.assert_close(r[-1]["state"][key].float(), value.float(), rtol=1e-4, atol=1e-5,
                                        msg=key)
     assert reference[-1]["state"]["center2.center"].abs().sum() > 0
+
+
+def test_export_writes_the_teacher_vit_as_a_timm_model(tmp_path):
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    from composer.evaluate.export import export_embedding
+    model = _build()
+    meta = export_embedding(model, tmp_path / "ibot.safetensors")   # checks timm reproduces the teacher's pooled
+    assert meta["format"] == "timm" and meta["arch"] == "test_vit" and meta["block"] == "teacher_encoder"
+    net = timm.create_model("test_vit", pretrained=False, num_classes=0, **json.loads(meta["model_args"]))
+    net.load_state_dict(load_file(tmp_path / "ibot.safetensors"), strict=True)   # no mask token in the file
