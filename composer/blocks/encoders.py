@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from composer.blocks.registry import block
+from composer.blocks.vit import ViTOutput
 
 
 def fold_views(fn, x: torch.Tensor, image_dims: int = 3, views: str = "joint",
@@ -66,3 +67,63 @@ class TimmEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fold_views(self.net, x, views=self.views, empty_dim=self.dim)
+
+
+@block("encoder.timm_vit")
+class TimmViTEncoder(nn.Module):
+    """A timm Vision Transformer returning every token, with an optional learnt mask token (iBOT, SimMIM-style
+    masked image modelling).
+
+    patch-embed → patches where ``mask`` is 1 replaced by the mask token → [cls] + position embedding → blocks
+    → norm: timm's ``VisionTransformer.forward_features`` with the replacement inserted before the position
+    embedding, where iBOT puts it (bytedance/ibot · models/vision_transformer.py · prepare_tokens, mask_model:
+    ``x[mask] = masked_embed`` on the patch embeddings, then cls and position). The mask token starts at zero
+    (iBOT's ``masked_embed = zeros(1, embed_dim)``). ``pooled`` is timm's pooling of those tokens (the cls token
+    for ``global_pool='token'``, the default), the feature the probes read.
+
+    A leading view axis is folded into the batch (one forward per resolution, as iBOT's MultiCropWrapper):
+    ``image (V, B, 3, H, W)`` with ``mask (V, B, L)`` gives ``tokens (V, B, 1+L, D)`` and ``pooled (V, B, D)``.
+
+    Inputs:
+        image: (B, 3, H, W) float, optionally with a leading view axis.
+        mask: (B, L) float or bool, 1 = replace that patch by the mask token (``mask.block``'s mask), patches
+            row-major on the ``H/p × W/p`` grid; None masks nothing.
+
+    Output: ``tokens`` (B, 1+L, D) with the cls token first (timm's prefix tokens first in general) and
+    ``pooled`` (B, D).
+
+    Args:
+        arch: a timm ViT name: vit_small_patch16_224 (iBOT ViT-S/16), vit_base_patch16_224, test_vit ...
+        model_args: extra keyword arguments for ``timm.create_model`` (drop_path_rate, img_size, patch_size,
+            dynamic_img_size for 96 px local crops ...).
+        mask_token: give the encoder a learnt mask token (needed to pass ``mask``). iBOT's student: true.
+    """
+
+    def __init__(self, *, arch: str, model_args: dict | None = None, mask_token: bool = False):
+        super().__init__()
+        inner = TimmEncoder(arch=arch, model_args=model_args)
+        self.net, self.arch, self.dim = inner.net, arch, inner.dim
+        if not all(hasattr(self.net, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head")):
+            raise ValueError(f"encoder.timm_vit: {arch!r} is not a timm VisionTransformer; use encoder.timm")
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.dim)) if mask_token else None
+
+    def _tokens(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        net = self.net
+        x = net.patch_embed(x)  # (B, L, D), or (B, h, w, D) with dynamic_img_size
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("encoder.timm_vit: a mask was given but the block has no mask token "
+                                 "(set mask_token: true)")
+            hit = mask.reshape(*x.shape[:-1], 1).bool()
+            x = torch.where(hit, self.mask_token.reshape(-1).to(x.dtype), x)
+        x = net.norm_pre(net.patch_drop(net._pos_embed(x)))
+        return net.norm(net.blocks(x))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> ViTOutput:
+        lead = image.shape[:-3]
+        if image.numel() == 0:  # no local crops: nothing to run (a ViT cannot reshape an empty batch)
+            return ViTOutput(image.new_zeros(*lead, 1, self.dim), image.new_zeros(*lead, self.dim))
+        flat_mask = None if mask is None else mask.reshape(-1, mask.shape[-1])
+        x = self._tokens(image.reshape(-1, *image.shape[-3:]), flat_mask)
+        pooled = self.net.forward_head(x, pre_logits=True)
+        return ViTOutput(x.reshape(*lead, *x.shape[1:]), pooled.reshape(*lead, -1))

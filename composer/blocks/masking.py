@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from composer.blocks.ranges import Range
 from composer.blocks.registry import block
 from composer.blocks.vit import gather_tokens
 
@@ -130,9 +131,17 @@ def beit_block_mask(height: int, width: int, num_masking_patches: int, min_num_p
 
 
 class BlockMask(NamedTuple):
-    mask: Tensor  # (B, L) float: 1 = masked (encoder.beit's bool_masked_pos)
-    index: Tensor  # (B, N) long: masked indices ascending, padded with 0 up to N = num_masking_patches
-    valid: Tensor  # (B, N) float: 1 for a real masked index, 0 for padding
+    mask: Tensor  # (..., L) float: 1 = masked (encoder.beit's bool_masked_pos, iBOT's student mask)
+    index: Tensor  # (..., N) long: masked indices ascending, padded with 0 up to N
+    valid: Tensor  # (..., N) float: 1 for a real masked index, 0 for padding
+
+
+def draw_ratio(ratio: list[float], ratio_var: list[float], rng=random) -> float:
+    """iBOT's per-crop masking ratio (bytedance/ibot · loader.py · ImageFolderMask.get_pred_ratio): for each
+    entry ``U(ratio − var, ratio + var)`` (just ``ratio`` when var is 0), then ``rng.choice`` among them, with
+    Python ``random`` draws in that order."""
+    drawn = [rng.uniform(m - v, m + v) if v > 0 else m for m, v in zip(ratio, ratio_var)]
+    return rng.choice(drawn)
 
 
 @block("mask.block")
@@ -146,43 +155,82 @@ class BlockwiseMasking(nn.Module):
     shapes. Randomness: Python's ``random`` module, as the official generator (the DataLoader seeds it per
     worker).
 
+    With ``ratio`` the target varies per image instead, as iBOT's ``pred_shape='block'`` masks
+    (bytedance/ibot · loader.py · ImageFolderMask): each image draws its ratio r (``draw_ratio``), then the same
+    rectangle procedure masks up to ``r·L`` patches (``max_num_patches`` None: the whole remainder, as iBOT);
+    N is then ``floor(max(ratio + ratio_var)·L)``. iBOT's README recipe: ``ratio: [0.0, 0.3], ratio_var:
+    [0.0, 0.2]``: half the crops unmasked, half masked at U(0.1, 0.5); iBOT's smallest block is
+    ``(min(h, w) // 3)²`` patches (16 on 14×14).
+
+    A leading view axis is kept: ``image (V, B, 3, H, W)`` gives ``mask (V, B, L)``, one draw per crop (iBOT
+    masks every crop of an image independently).
+
     Args:
         patch_size: patch side in pixels (16; 224 px → 14×14 grid).
-        num_masking_patches: patches to mask per image (75 = 40 % of 196, ``--num_mask_patches``).
-        min_num_patches: smallest block area (16, ``--min_mask_patches_per_block``).
-        max_num_patches: largest block area; None means num_masking_patches (``--max_mask_patches_per_block``
+        num_masking_patches: patches to mask per image (75 = 40 % of 196, ``--num_mask_patches``); unused
+            with ``ratio``.
+        min_num_patches: smallest block area (16, ``--min_mask_patches_per_block``; iBOT 16 on 14×14).
+        max_num_patches: largest block area; None means the per-image target (``--max_mask_patches_per_block``
             default None).
-        min_aspect: smallest block aspect ratio (0.3).
+        min_aspect: smallest block aspect ratio (0.3; iBOT ``pred_aspect_ratio=(0.3, 1/0.3)``).
         max_aspect: largest aspect ratio; None means 1/min_aspect (3.33).
+        ratio: per-image masking ratios to choose from, each in [0, 1) (iBOT ``--pred_ratio``); None: a
+            fixed ``num_masking_patches``.
+        ratio_var: half-width of the uniform draw around each ratio (iBOT ``--pred_ratio_var``); None: zeros.
 
     Inputs:
-        image: (B, 3, H, W); only its shape is used.
+        image: (B, 3, H, W), optionally with leading view axes; only its shape is used.
     """
 
     stage = "data"
+    ranges = {"ratio": Range(ge=0, lt=1), "ratio_var": Range(ge=0, lt=1)}  # iBOT: ratio 0 = an unmasked crop
 
     def __init__(self, *, patch_size: int = 16, num_masking_patches: int = 75, min_num_patches: int = 16,
-                 max_num_patches: int | None = None, min_aspect: float = 0.3, max_aspect: float | None = None):
+                 max_num_patches: int | None = None, min_aspect: float = 0.3, max_aspect: float | None = None,
+                 ratio: list[float] | None = None, ratio_var: list[float] | None = None):
         super().__init__()
-        max_num_patches = num_masking_patches if max_num_patches is None else max_num_patches
         max_aspect = 1 / min_aspect if max_aspect is None and min_aspect > 0 else max_aspect
-        if patch_size <= 0 or num_masking_patches <= 0 or min_num_patches <= 0 or max_num_patches <= 0:
+        if patch_size <= 0 or num_masking_patches <= 0 or min_num_patches <= 0 or \
+                (max_num_patches is not None and max_num_patches <= 0):
             raise ValueError("mask.block: patch_size, num_masking_patches, min_num_patches and max_num_patches "
                              "must be positive")
         if not 0 < min_aspect <= max_aspect:
             raise ValueError(f"mask.block: need 0 < min_aspect <= max_aspect, got {min_aspect}, {max_aspect}")
-        self.patch_size, self.num = patch_size, num_masking_patches
-        self.sizes = (min_num_patches, max_num_patches, min_aspect, max_aspect)
+        self.ratios = None
+        if ratio is not None or ratio_var is not None:
+            ratio = list(ratio or [])
+            ratio_var = [0.0] * len(ratio) if ratio_var is None else list(ratio_var)
+            if not ratio or len(ratio_var) != len(ratio):
+                raise ValueError(f"mask.block: ratio needs at least one value and ratio_var one per ratio, got "
+                                 f"ratio={ratio}, ratio_var={ratio_var}")
+            if not all(0 <= v <= m and m + v < 1 for m, v in zip(ratio, ratio_var)):
+                raise ValueError(f"mask.block: need 0 <= ratio_var <= ratio and ratio + ratio_var < 1 (iBOT "
+                                 f"asserts ratio >= var), got ratio={ratio}, ratio_var={ratio_var}")
+            self.ratios = (ratio, ratio_var)
+        self.patch_size, self.num, self.max_num = patch_size, num_masking_patches, max_num_patches
+        self.sizes = (min_num_patches, min_aspect, max_aspect)
+
+    def _one(self, gh: int, gw: int) -> Tensor:
+        target = self.num if self.ratios is None else draw_ratio(*self.ratios) * gh * gw
+        lo, *aspect = self.sizes
+        top = target if self.max_num is None else self.max_num
+        return beit_block_mask(gh, gw, target, lo, top, *aspect)[0].flatten()
 
     def forward(self, image: Tensor) -> BlockMask:
-        b, gh, gw = _grid(image, self.patch_size, "mask.block")
-        if self.num > gh * gw:
-            raise ValueError(f"mask.block: num_masking_patches {self.num} exceeds the {gh}x{gw} patch grid")
-        masks = torch.stack([beit_block_mask(gh, gw, self.num, *self.sizes)[0].flatten() for _ in range(b)])
+        lead = image.shape[:-3]
+        b, gh, gw = _grid(image.reshape(-1, *image.shape[-3:]), self.patch_size, "mask.block")
+        if self.ratios is None:
+            n = self.num
+            if n > gh * gw:
+                raise ValueError(f"mask.block: num_masking_patches {n} exceeds the {gh}x{gw} patch grid")
+        else:
+            n = max(1, int(max(m + v for m, v in zip(*self.ratios)) * gh * gw))
+        masks = torch.stack([self._one(gh, gw) for _ in range(b)]) if b else torch.zeros(0, gh * gw).long()
         # stable sort of "not masked" puts the masked indices first, ascending
-        order = torch.sort((1 - masks), dim=1, stable=True).indices[:, :self.num]
+        order = torch.sort((1 - masks), dim=1, stable=True).indices[:, :n]
         valid = torch.gather(masks, 1, order).float()
-        return BlockMask(masks.float(), order * valid.long(), valid)
+        return BlockMask(masks.float().reshape(*lead, -1), (order * valid.long()).reshape(*lead, n),
+                         valid.reshape(*lead, n))
 
 
 # ------------------------------------------------------------------------------------------- I-JEPA

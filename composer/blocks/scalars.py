@@ -1,12 +1,15 @@
-"""Learnable scalars: CLIP's log logit-scale, SigLIP's log temperature and logit bias."""
+"""Scalars: CLIP's learnable log logit-scale, SigLIP's log temperature and logit bias; scheduled constants
+(iBOT's teacher temperatures)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
 from composer.blocks.registry import block
+from composer.runtime.schedules import Schedule
 
 
 @block("ops.scalar")
@@ -50,3 +53,49 @@ class Scalar(nn.Module):
         """Clamp into ``[min, max]`` (after optimizer step ``step``)."""
         if self.min is not None or self.max is not None:
             self.value.clamp_(min=self.min, max=self.max)
+
+
+@block("ops.schedule")
+class ScheduledValue(nn.Module):
+    """A fixed (not learnt) scalar that follows a schedule over the run, read by an expression: iBOT's teacher
+    temperatures, or any coefficient that warms up.
+
+    ``forward()`` → 0-d float32 tensor, the value for the current optimizer step. The value sits in a buffer that
+    ``update`` advances after each step (as ``loss.dino``'s teacher temperature), so ``forward`` reads no Python
+    number that changes during the run (that would recompile under ``torch.compile``) and the value is saved
+    with the checkpoint.
+
+    Typical values: iBOT (bytedance/ibot · main_ibot.py · iBOTLoss) teacher temperature
+    ``{linear: [0.04, 0.07], until: 30ep}`` (README ViT-S/16: ``--warmup_teacher_temp 0.04 --teacher_temp 0.07
+    --warmup_teacher_temp_epochs 30``: ``np.linspace`` over 30 epochs, then constant) and patch temperature
+    the same (``--warmup_teacher_patch_temp 0.04 --teacher_patch_temp 0.07``).
+
+    Args:
+        value: a number or a schedule (``{linear: [a, b], until: 30ep}``, ``{cosine: [a, b]}`` ...).
+    """
+
+    def __init__(self, *, value: Schedule = 1.0):
+        super().__init__()
+        try:
+            self.schedule = Schedule.parse(value)
+        except ValueError as e:
+            raise ValueError(f"ops.schedule: value: {e}") from None
+        self.register_buffer("now", torch.tensor(_at_start(self.schedule), dtype=torch.float32))
+
+    def forward(self) -> Tensor:
+        return self.now
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After optimizer step ``step`` (0-based): hold the value of step ``step + 1``, the next forward's."""
+        if not self.schedule.is_constant and self.schedule.total_steps is None:
+            raise RuntimeError("ops.schedule: the schedule is not bound to the run; call "
+                               "bind_schedules(total_steps, steps_per_epoch) before training")
+        self.now.fill_(self.schedule.at(step + 1))
+
+
+def _at_start(schedule: Schedule) -> float:
+    """The value at step 0, which needs no run length; an unbound copy is bound to one step."""
+    if schedule.is_constant or schedule.total_steps is not None:
+        return schedule.at(0)
+    return dataclasses.replace(schedule).bind(1, 1).at(0)

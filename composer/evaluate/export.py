@@ -2,7 +2,8 @@
 
 Writes the graph's ``embedding:`` block as a safetensors file that timm loads with ``strict=True``:
 
-- ``encoder.timm``: the timm model itself (``encoder.net``)::
+- ``encoder.timm`` and ``encoder.timm_vit``: the timm model itself (``encoder.net``; a mask token is not part of
+  it)::
 
       model = timm.create_model(meta["arch"], num_classes=0, **json.loads(meta["model_args"]))
       model.load_state_dict(safetensors.torch.load_file(path), strict=True)
@@ -37,7 +38,7 @@ def timm_state(encoder, params: dict | None = None) -> tuple[dict, dict, object]
     import timm
 
     kind = getattr(encoder, "kind", type(encoder).__name__)
-    if kind == "encoder.timm":
+    if kind in ("encoder.timm", "encoder.timm_vit"):
         args = dict((params or {}).get("model_args") or {})
         net = timm.create_model(encoder.arch, pretrained=False, num_classes=0, **args)
         tensors = {k: v.detach().clone().contiguous() for k, v in encoder.net.state_dict().items()}
@@ -48,7 +49,7 @@ def timm_state(encoder, params: dict | None = None) -> tuple[dict, dict, object]
         net = VisionTransformer(**kwargs)
         meta = {"format": "timm_vision_transformer", "timm_kwargs": json.dumps(kwargs)}
     else:
-        raise UserError(f"export supports encoder.timm and encoder.vit embedding blocks, not {kind}")
+        raise UserError(f"export supports encoder.timm, encoder.timm_vit and encoder.vit embedding blocks, not {kind}")
     net.load_state_dict(tensors, strict=True)
     return tensors, meta, net
 
@@ -80,7 +81,7 @@ def _verify(encoder, timm_model) -> None:
     import torch
 
     from composer.evaluate.embed import Embed
-    size = getattr(encoder, "patch_embed", None)
+    size = getattr(encoder, "patch_embed", None) or getattr(getattr(encoder, "net", None), "patch_embed", None)
     side = size.img_size[0] if size is not None else 32
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     embed = Embed(encoder)

@@ -103,6 +103,8 @@ def grid_errors(spec: GraphSpec) -> list[GraphError]:
 
 def _block_mask(grid: int, block):
     """BEiT block masking: a count above the grid never ends; the smallest block cannot exceed the count."""
+    if _param(block, "ratio") is not None:  # iBOT's per-image ratios: the count is a fraction of any grid
+        return
     n, low = _param(block, "num_masking_patches"), _param(block, "min_num_patches")
     if n > grid:
         yield "num_masking_patches", f"num_masking_patches {n} exceeds the {grid} patches", f"at most {grid}"
