@@ -45,13 +45,18 @@ def param_errors(spec: GraphSpec) -> list[GraphError]:
 
 
 def objective_errors(spec: GraphSpec) -> list[GraphError]:
+    """Weights finite and > 0; a term declared ``{weight: w, allow_negative: true}`` may be <= 0 (still finite)."""
     errors = []
     for name, weight in spec.objective.items():
-        why = POSITIVE_WEIGHT.violation(weight)
+        signed = name in spec.signed_objective
+        why = (Range() if signed else POSITIVE_WEIGHT).violation(weight)
         if why:
-            errors.append(GraphError(f"the objective weight of {name!r}: {why}", spec.loc("objective", name),
-                                     node=name, expected="a finite weight > 0 (a negative one trains by "
-                                                         "gradient ascent)"))
+            where = spec.loc("objective", name, "weight") if isinstance(spec.data.get("objective"), dict) and \
+                isinstance(spec.data["objective"].get(name), dict) else spec.loc("objective", name)
+            errors.append(GraphError(f"the objective weight of {name!r}: {why}", where, node=name,
+                                     expected="a finite weight" if signed else
+                                     "a finite weight > 0 (a negative one trains by gradient ascent; write "
+                                     f"{{{name}: {{weight: {weight:g}, allow_negative: true}}}} if that is meant)"))
     return errors
 
 

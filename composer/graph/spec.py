@@ -73,6 +73,8 @@ class GraphSpec:
     objective: dict[str, float]
     embedding: str | None
     train: dict
+    # objective terms whose weight may be zero or negative, declared with ``{weight: w, allow_negative: true}``
+    signed_objective: frozenset = frozenset()
 
     @property
     def data(self) -> dict:
@@ -166,7 +168,7 @@ class _Parser:
             raise GraphErrors(self.errors)
         name = d.get("name") or self.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         return GraphSpec(str(name), self.path, self.located, list(inputs), self.blocks, self.nodes, list(flow),
-                         updates, objective, embedding, train)
+                         updates, objective, embedding, train, frozenset(self.signed_objective))
 
     def _check_name(self, name, loc_path) -> bool:
         if not isinstance(name, str) or not _NAME.match(name) or keyword.iskeyword(name):
@@ -376,6 +378,8 @@ class _Parser:
         return out
 
     def _parse_objective(self) -> dict[str, float]:
+        """``objective: loss``, ``{loss_a: 1.0, loss_b: 0.5}``, or a term written ``{weight: -0.1,
+        allow_negative: true}``: a weight <= 0 on purpose (a term maximised rather than minimised)."""
         raw = self.data.get("objective", "loss")
         if isinstance(raw, str):
             raw = {raw: 1.0}
@@ -384,13 +388,25 @@ class _Parser:
                      expected="objective: loss, or objective: {loss_a: 1.0, loss_b: 0.5}")
             return {}
         out = {}
+        self.signed_objective = set()
         for name, weight in raw.items():
+            where = ("objective", name)
+            if isinstance(weight, dict):
+                unknown = sorted(set(weight) - {"weight", "allow_negative"})
+                signed = weight.get("allow_negative", False)
+                if unknown or "weight" not in weight or not isinstance(signed, bool):
+                    self.err(f"the objective term {name!r} is {weight!r}", where, node=name,
+                             expected="a number, or {weight: -0.1, allow_negative: true}")
+                    continue
+                if signed:
+                    self.signed_objective.add(name)
+                weight, where = weight["weight"], ("objective", name, "weight")
             if name not in self.nodes:
                 self.err(f"the objective names {name!r}, which is not a value"
                          f"{registry.did_you_mean(name, self.nodes)}", ("objective",), node=name,
                          expected="a loss value defined under 'flow'")
             elif isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                self.err(f"the objective weight of {name!r} is {weight!r}", ("objective", name), node=name,
+                self.err(f"the objective weight of {name!r} is {weight!r}", where, node=name,
                          expected="a number")
             else:
                 out[name] = float(weight)
