@@ -84,10 +84,22 @@ BY_NAME: dict[str, Range] = {
 }
 
 
-def range_of(cls: type, name: str) -> Range:
-    """The range of parameter ``name`` of block class ``cls``: its ``ranges`` entry, else by name, else finite."""
+# A crop's side in pixels, for the augmentations (the data stage runs on the CPU, per sample). The largest crop of
+# the implemented recipes is GLIP's 800 (DINOv2 518, SAM 1024); a side of thousands is a typo, and the Gaussian
+# blur whose kernel grows with the side (10 % of it, SimCLR) would make `ptc check`'s example run take minutes
+# inside one convolution, where no time budget can stop it.
+IMAGE_SIDE = Range(ge=1, le=1024)
+BY_FAMILY: dict[str, dict[str, Range]] = {
+    "augment": {name: IMAGE_SIDE for name in ("size", "global_size", "local_size", "tokenizer_size")},
+}
+
+
+def range_of(cls: type, name: str, kind: str = "") -> Range:
+    """The range of parameter ``name`` of block class ``cls`` (registered as ``kind``): its ``ranges`` entry, else
+    its family's (``augment.*``: crop sides), else by name, else finite."""
     own = getattr(cls, "ranges", None) or {}
-    return own.get(name) or BY_NAME.get(name) or FINITE
+    family = BY_FAMILY.get(kind.split(".", 1)[0], {})
+    return own.get(name) or family.get(name) or BY_NAME.get(name) or FINITE
 
 
 def _num(x: float) -> str:
