@@ -3,7 +3,7 @@
     python tools/bench.py shards        # images/s: shard reader vs image-folder reader, same JPEGs, one run
     python tools/bench.py tokenizers    # captions/s: tokenizer.clip_bpe (python, rust) vs open_clip
 
-shards: N JPEGs (256², quality 95, smooth random content, ~20-30 KiB like web photos resized by img2dataset)
+shards: N JPEGs (256², quality 95, smooth random content; about 13 KiB each, smaller than web photos)
 written once as an image folder (``folder:``) and as shards (``ptc shards`` format, 1000 per shard); each
 reader decodes all of them to uint8 (3, H, W) in a shuffled order (what the training sampler asks for) in
 alternating rounds; the median round is reported, and the ratio shards / folder. For reference, the same shards
