@@ -79,6 +79,7 @@ BY_NAME: dict[str, Range] = {
     "prior_prob": Range(gt=0, lt=1),  # focal-loss bias init -log((1 - p) / p) needs 0 < p < 1
     "crop_min": FRACTION, "crop_fraction": FRACTION, "scale": FRACTION, "global_scale": FRACTION,
     "local_scale": FRACTION, "pred_scale": FRACTION, "enc_scale": FRACTION,
+    "drop_path_rate": Range(ge=0, lt=1), "drop_rate": Range(ge=0, lt=1),  # timm model_args: probabilities
     "kl_weight": NON_NEGATIVE, "gamma": NON_NEGATIVE, "beta": NON_NEGATIVE, "strength": NON_NEGATIVE,
     "layer_scale": NON_NEGATIVE, "local_crops": NON_NEGATIVE, "index": NON_NEGATIVE, "out_indices": NON_NEGATIVE,
 }
@@ -100,6 +101,12 @@ def range_of(cls: type, name: str, kind: str = "") -> Range:
     own = getattr(cls, "ranges", None) or {}
     family = BY_FAMILY.get(kind.split(".", 1)[0], {})
     return own.get(name) or family.get(name) or BY_NAME.get(name) or FINITE
+
+
+def range_by_name(name: str) -> Range:
+    """The range of a number stored under key ``name`` inside a parameter's mapping (timm's ``model_args:
+    {drop_path_rate: 0.1}``): by name, else finite."""
+    return BY_NAME.get(name) or FINITE
 
 
 def _num(x: float) -> str:

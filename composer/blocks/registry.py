@@ -37,7 +37,7 @@ from importlib import metadata
 
 from torch import nn
 
-from composer.blocks.ranges import Range, range_of
+from composer.blocks.ranges import Range, range_by_name, range_of
 
 ENTRY_POINT_GROUP = "pretext_composer.blocks"
 STAGES = ("data", "model")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from composer.blocks.registry import Range
+from composer.blocks.registry import Range, range_by_name
 from composer.graph.spec import GraphSpec
 from composer.runtime.errors import GraphError
 from composer.runtime.schedules import Schedule
@@ -41,6 +41,23 @@ def param_errors(spec: GraphSpec) -> list[GraphError]:
                                              spec.loc("blocks", name, pname), node=name,
                                              expected=param.range.describe()))
                     break  # one line per parameter
+            if isinstance(value, dict) and not schedule:  # a mapping of keyword arguments (timm's model_args)
+                errors += _nested_errors(spec, block, pname, value)
+    return errors
+
+
+def _nested_errors(spec: GraphSpec, block, pname: str, value: dict) -> list[GraphError]:
+    """Numbers inside a mapping parameter: finite, and in the range their key has anywhere (``drop_path_rate``)."""
+    errors = []
+    for key, item in value.items():
+        bounds = range_by_name(str(key))
+        for x in _numbers(item, False):
+            why = bounds.violation(x)
+            if why:
+                errors.append(GraphError(f"parameter {pname!r} of {block.kind}: {key}: {why}",
+                                         spec.loc("blocks", block.name, pname, key), node=block.name,
+                                         expected=bounds.describe()))
+                break
     return errors
 
 

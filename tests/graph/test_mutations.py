@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 import composer
+from composer.blocks.registry import range_by_name
 from composer.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -91,12 +92,15 @@ def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
         return None
     spec = composer.load(path, variant="tiny" if mutant.section == "tiny" else None)
     block = spec.blocks.get(mutant.block)
-    param = block.info.params.get(mutant.param) if block else None
     value = yaml.safe_load(mutant.value)
-    if param is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if block is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if param.range.violation(value) is None:
-        return f"{mutant.param}={value} is within {param.range.describe()}"
+    param = block.info.params.get(mutant.param)
+    bounds = param.range if param is not None else None
+    if bounds is None and any(isinstance(v, dict) and mutant.param in v for v in block.params.values()):
+        bounds = range_by_name(mutant.param)  # a key inside a mapping parameter (timm's model_args)
+    if bounds is not None and bounds.violation(value) is None:
+        return f"{mutant.param}={value} is within {bounds.describe()}"
     return None
 
 
