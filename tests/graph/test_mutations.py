@@ -26,6 +26,7 @@ import yaml
 import composer
 from composer.blocks.registry import range_by_name
 from composer.cli import main
+from composer.runtime.schedules import Schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mutants import FORMS, Mutant, mutants  # noqa: E402
@@ -97,8 +98,11 @@ def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
         return None
     param = block.info.params.get(mutant.param)
     bounds = param.range if param is not None else None
-    if bounds is None and any(isinstance(v, dict) and mutant.param in v for v in block.params.values()):
-        bounds = range_by_name(mutant.param)  # a key inside a mapping parameter (timm's model_args)
+    for name, v in block.params.items():  # a key inside a mapping: a schedule's values, timm's model_args
+        if bounds is None and isinstance(v, dict) and mutant.param in v:
+            outer = block.info.params.get(name)
+            schedule = outer is not None and outer.annotation is Schedule
+            bounds = outer.range if schedule else range_by_name(mutant.param)
     if bounds is not None and bounds.violation(value) is None:
         return f"{mutant.param}={value} is within {bounds.describe()}"
     return None
