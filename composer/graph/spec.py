@@ -111,6 +111,7 @@ class _Parser:
         self.blocks: dict[str, BlockSpec] = {}
         self.undefined: set[str] = set()  # values reported undefined: one line each, however often used
         self.quiet: set[str] = set()  # nodes with an input left out after an error already reported
+        self.broken: set[str] = set()  # blocks already reported (unknown type ...): their uses stay quiet
 
     def err(self, message, loc_path=(), node=None, expected=None, line_offset: int = 0):
         loc = self.located.loc(*loc_path) or Loc(self.path)
@@ -157,7 +158,7 @@ class _Parser:
         updates = self._parse_updates()
         objective = self._parse_objective()
         embedding = d.get("embedding")
-        if embedding is not None and embedding not in self.blocks:
+        if embedding is not None and embedding not in self.blocks and embedding not in self.broken:
             self.err(f"'embedding' names {embedding!r}, which is not a block{registry.did_you_mean(embedding, self.blocks)}",
                      ("embedding",), expected="the name of the encoder block used for evaluation and export")
         train = d.get("train") or {}
@@ -186,6 +187,7 @@ class _Parser:
         from composer.graph.model import ComposedModel
         for name, body in self.data["blocks"].items():
             where = ("blocks", name)
+            self.broken.add(name)  # until its body is read: one cause (a misspelt type), one line
             if not self._check_name(name, where):
                 continue
             if hasattr(ComposedModel, name):  # blocks become attributes of the model
@@ -212,9 +214,10 @@ class _Parser:
                     self.err(f"missing required parameter {p.name!r} for {kind}", where, node=name,
                              expected=p.doc or f"a value for {p.name}")
             self.blocks[name] = BlockSpec(name, kind, params, self.located.loc(*where), info)
+            self.broken.discard(name)
         for spec in self.blocks.values():
             src = spec.source
-            if src is not None and src not in self.blocks:
+            if src is not None and src not in self.blocks and src not in self.broken:
                 ref_param = next(p for p, v in spec.params.items() if v == src)
                 self.err(f"{spec.kind} refers to block {src!r}, which does not exist"
                          f"{registry.did_you_mean(src, self.blocks)}", ("blocks", spec.name, ref_param),
@@ -223,7 +226,7 @@ class _Parser:
     # -- flow ----------------------------------------------------------------------------------------------
     def _parse_flow_entry(self, name, expr):
         where = ("flow", name)
-        if isinstance(expr, dict) and len(expr) == 1 and next(iter(expr)) in self.blocks:
+        if isinstance(expr, dict) and len(expr) == 1 and next(iter(expr)) in self.blocks.keys() | self.broken:
             block = next(iter(expr))
             self._call_node(name, block, expr[block], where + (block,))
         else:
@@ -243,7 +246,7 @@ class _Parser:
             named = {}
         elif isinstance(args, dict) and all(k in ports for k in args):
             named = dict(args)
-        elif isinstance(args, dict) and len(args) == 1 and next(iter(args)) in self.blocks:
+        elif isinstance(args, dict) and len(args) == 1 and next(iter(args)) in self.blocks.keys() | self.broken:
             named = {self._first_port(block, name, where): args}
         elif isinstance(args, dict):
             bad = [k for k in args if k not in ports]
@@ -307,6 +310,9 @@ class _Parser:
             sg, value = True, value.value
         if isinstance(value, str):
             src, _, field = value.partition(".")
+            if src in self.broken and src not in self.data["flow"]:
+                self.quiet.add(owner)  # a block already reported
+                return None
             if src in self.blocks and src not in self.data["flow"]:
                 if src not in self.nodes:
                     self._call_node(src, src, None, where)
@@ -325,6 +331,9 @@ class _Parser:
             return Edge(src, field or None, sg, loc)
         if isinstance(value, dict) and len(value) == 1:
             block = next(iter(value))
+            if block in self.broken:
+                self.quiet.add(owner)
+                return None
             if block not in self.blocks:
                 self.err(f"unknown block {block!r}{registry.did_you_mean(block, self.blocks)}", where, node=owner,
                          expected="a block defined under 'blocks'")
