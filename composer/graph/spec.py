@@ -239,6 +239,8 @@ class _Parser:
         self.nodes[name] = node
         if block not in self.blocks:
             return node
+        if self.blocks[block].info.ports_follow_source and self.blocks[block].source in self.broken:
+            return node  # a wrapper of a block already reported: its ports are unknown
         ports = self._ports(block)
         if block in self.unknown_ports:  # already reported: no second line about its inputs
             return node
