@@ -100,7 +100,9 @@ def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> d
             try:
                 with torch.device(where) if where is not None else contextlib.nullcontext():
                     built[name] = bs.info.cls(**block_kwargs(bs, built))
-            except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
+            except GraphErrors:
+                raise
+            except Exception as e:  # a block's own parameter check, or a library's (timm) failure on its values
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 named = [p for p in bs.params if re.search(rf"\b{re.escape(p)}\b", what)]  # point at its line
                 loc = spec.loc("blocks", name, named[0]) if named else bs.loc
