@@ -48,9 +48,9 @@ def _rotation() -> int:
 
 def _sample(rotation: int | None = None) -> list[tuple[Path, Mutant]]:
     """Stratified by graph and kind: for every graph, one mutant of each structural kind it has (removed ``!sg``,
-    misspelt type, deleted flow line, cycle) and one bad number, whose form (NaN, negative, zero, huge, a digit
-    more, a string) turns with the rotation and the graph: two forms per graph, so each run checks every form on
-    some graph and three rotations check every form on every graph. Within a stratum the mutant is drawn from a
+    misspelt type, deleted flow line, cycle) and two bad numbers, whose forms (NaN, negative, zero, huge, a digit
+    more, a string) turn with the rotation and the graph, so each run checks every form on some graph and three
+    rotations check every form on every graph. Within a stratum the mutant is drawn from a
     generator seeded with the rotation and the graph."""
     rotation = _rotation() if rotation is None else rotation
     picked = []
