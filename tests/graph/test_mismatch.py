@@ -54,6 +54,7 @@ def test_a_failure_in_a_base_graphs_flow_points_at_the_child_line_that_caused_it
     assert old in child.read_text()
     child.write_text(child.read_text().replace(old, new))
     assert main(["check", str(child), "--variant", "tiny"]) == 2
+    assert torch.is_grad_enabled()  # the failure inside the teacher's no-grad region left the mode as it was
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{child}:{line}: "), lines
     assert new.split(":")[0] in child.read_text().splitlines()[line - 1]
