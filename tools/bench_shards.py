@@ -3,10 +3,11 @@
     python tools/bench.py shards        # images/s: shard reader vs image-folder reader, same JPEGs, one run
     python tools/bench.py tokenizers    # captions/s: tokenizer.clip_bpe (python, rust) vs open_clip
 
-shards: N JPEGs (256², quality 95, smooth random content, ~20-30 KiB like web photos resized by img2dataset)
+shards: N JPEGs (256², quality 95, smooth random content; about 13 KiB each, smaller than web photos)
 written once as an image folder (``folder:``) and as shards (``ptc shards`` format, 1000 per shard); each
 reader decodes all of them to uint8 (3, H, W) in a shuffled order (what the training sampler asks for) in
-alternating rounds; the median round is reported, and the ratio shards / folder.
+alternating rounds; the median round is reported, and the ratio shards / folder. For reference, the same shards
+streamed by ``webdataset.WebDataset`` (in file order, as it reads; decoded to uint8 tensors).
 """
 from __future__ import annotations
 
@@ -53,15 +54,36 @@ def main(n: int = 2000, rounds: int = 3) -> None:
                    for i in range(n))
         shard_data = ShardDataset(pattern_of(write_shards(samples, root / "shards", maxcount=1000, fmt="jpg")))
         order = np.random.default_rng(0).permutation(n)
-        times: dict[str, list[float]] = {"folder": [], "shards": []}
-        for _ in range(rounds):  # alternate, so load changes on the shared machine hit both alike
+        stream = _webdataset_round(pattern_of(sorted((root / "shards").glob("*.tar"))), n)
+        times: dict[str, list[float]] = {"folder": [], "shards": [], "webdataset": []}
+        for _ in range(rounds):  # alternate, so load changes on the shared machine hit all alike
             times["folder"].append(_round(folder_data, order))
             times["shards"].append(_round(shard_data, order))
+            if stream is not None:
+                times["webdataset"].append(stream())
         size = sum(p.stat().st_size for p in (root / "folder").rglob("*.jpg")) / n / 1024
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    rate = {k: n / statistics.median(v) for k, v in times.items() if v}
+    ref = f"; webdataset.WebDataset, read in file order: {rate['webdataset']:.0f} images/s" if "webdataset" in rate \
+        else ""
     print(f"shards: {n} JPEGs 256² (~{size:.0f} KiB), decoded to uint8 in shuffled order, median of {rounds} rounds: "
           f"image folder {rate['folder']:.0f} images/s, shards {rate['shards']:.0f} images/s, "
-          f"shards/folder {rate['shards'] / rate['folder']:.2f}")
+          f"shards/folder {rate['shards'] / rate['folder']:.2f}{ref}")
+
+
+def _webdataset_round(pattern: str, n: int):
+    """A timed pass of ``webdataset.WebDataset`` over the same shards (a stream: file order, no shuffle), decoding
+    to uint8 tensors; None without the package (a test-only dependency)."""
+    try:
+        import webdataset as wds
+    except ImportError:
+        return None
+
+    def run() -> float:
+        t = time.perf_counter()
+        count = sum(1 for _ in wds.WebDataset(pattern, shardshuffle=False).decode("torchrgb8").to_tuple("jpg", "txt"))
+        assert count == n, count
+        return time.perf_counter() - t
+    return run
 
 
 def tokenizers(rounds: int = 3) -> None:

@@ -79,15 +79,34 @@ BY_NAME: dict[str, Range] = {
     "prior_prob": Range(gt=0, lt=1),  # focal-loss bias init -log((1 - p) / p) needs 0 < p < 1
     "crop_min": FRACTION, "crop_fraction": FRACTION, "scale": FRACTION, "global_scale": FRACTION,
     "local_scale": FRACTION, "pred_scale": FRACTION, "enc_scale": FRACTION,
+    "drop_path_rate": Range(ge=0, lt=1), "drop_rate": Range(ge=0, lt=1),  # timm model_args: probabilities
     "kl_weight": NON_NEGATIVE, "gamma": NON_NEGATIVE, "beta": NON_NEGATIVE, "strength": NON_NEGATIVE,
     "layer_scale": NON_NEGATIVE, "local_crops": NON_NEGATIVE, "index": NON_NEGATIVE, "out_indices": NON_NEGATIVE,
 }
 
 
-def range_of(cls: type, name: str) -> Range:
-    """The range of parameter ``name`` of block class ``cls``: its ``ranges`` entry, else by name, else finite."""
+# A crop's side in pixels, for the augmentations (the data stage runs on the CPU, per sample). The largest crop of
+# the implemented recipes is GLIP's 800 (DINOv2 518, SAM 1024); a side of thousands is a typo, and the Gaussian
+# blur whose kernel grows with the side (10 % of it, SimCLR) would make `ptc check`'s example run take minutes
+# inside one convolution, where no time budget can stop it.
+IMAGE_SIDE = Range(ge=1, le=1024)
+BY_FAMILY: dict[str, dict[str, Range]] = {
+    "augment": {name: IMAGE_SIDE for name in ("size", "global_size", "local_size", "tokenizer_size")},
+}
+
+
+def range_of(cls: type, name: str, kind: str = "") -> Range:
+    """The range of parameter ``name`` of block class ``cls`` (registered as ``kind``): its ``ranges`` entry, else
+    its family's (``augment.*``: crop sides), else by name, else finite."""
     own = getattr(cls, "ranges", None) or {}
-    return own.get(name) or BY_NAME.get(name) or FINITE
+    family = BY_FAMILY.get(kind.split(".", 1)[0], {})
+    return own.get(name) or family.get(name) or BY_NAME.get(name) or FINITE
+
+
+def range_by_name(name: str) -> Range:
+    """The range of a number stored under key ``name`` inside a parameter's mapping (timm's ``model_args:
+    {drop_path_rate: 0.1}``): by name, else finite."""
+    return BY_NAME.get(name) or FINITE
 
 
 def _num(x: float) -> str:

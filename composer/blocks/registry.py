@@ -37,7 +37,7 @@ from importlib import metadata
 
 from torch import nn
 
-from composer.blocks.ranges import Range, range_of
+from composer.blocks.ranges import Range, range_by_name, range_of
 
 ENTRY_POINT_GROUP = "pretext_composer.blocks"
 STAGES = ("data", "model")
@@ -142,7 +142,7 @@ def describe(kind: str, cls: type) -> BlockInfo:
             raise TypeError(f"{cls.__qualname__}.__init__: block parameter {p.name!r} must be keyword-only "
                             "(put a '*' before the parameters)")
         params[p.name] = Param(p.name, hints_init.get(p.name, typing.Any), p.default, arg_docs.get(p.name, ""),
-                               range_of(cls, p.name))
+                               range_of(cls, p.name, kind))
     unknown = set(getattr(cls, "ranges", None) or {}) - set(params)
     if unknown:
         raise TypeError(f"{cls.__qualname__}.ranges names {sorted(unknown)}, which are not parameters")

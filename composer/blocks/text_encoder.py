@@ -70,7 +70,9 @@ class TextTransformer(nn.Module):
     N(0, (2W)^-1/2), projection N(0, W^-1/2), attention biases 0.
 
     Args:
-        vocab_size: token ids are in [0, vocab_size) (258 for ``tokenizer.bytes``; CLIP's BPE 49408).
+        vocab_size: token ids are in [0, vocab_size) (258 for ``tokenizer.bytes``; CLIP's BPE 49408). ``auto``
+            (the default in a graph): the vocabulary of the tokenizer block that computes ``ids``, read when the
+            graph is loaded; a number written here must equal it (``ptc check``).
         context_length: T, the number of positions (CLIP 77; must equal the tokenizer's).
         width: transformer width W (CLIP ViT-B/32 512; text heads are W / 64 there).
         layers: transformer blocks L (CLIP 12).
@@ -94,12 +96,15 @@ class TextTransformer(nn.Module):
 
     ranges = {"output_dim": NON_NEGATIVE}  # 0: no projection (GLIP's BERT-style features)
 
-    def __init__(self, *, vocab_size: int = VOCAB_SIZE, context_length: int = 77, width: int = 512,
+    def __init__(self, *, vocab_size: int | Literal["auto"] = "auto", context_length: int = 77, width: int = 512,
                  layers: int = 12, heads: int = 8, output_dim: int = 512,
                  attention: Literal["causal", "bidirectional", "padding"] = "causal",
                  pool: Literal["argmax", "last", "first"] = "argmax", proj_bias: bool = False,
                  activation: Literal["quick_gelu", "gelu"] = "quick_gelu"):
         super().__init__()
+        if vocab_size == "auto":
+            raise ValueError("encoder.text: vocab_size 'auto' is set by a graph from the tokenizer wired to 'ids'; "
+                             f"give a number when building the block in Python (tokenizer.bytes: {VOCAB_SIZE})")
         for name, value in (("vocab_size", vocab_size), ("context_length", context_length), ("width", width),
                             ("layers", layers), ("heads", heads), ("output_dim", output_dim)):
             least = 0 if name == "output_dim" else 1

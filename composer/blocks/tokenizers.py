@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from composer.blocks.registry import block
+from composer.runtime.checksum import digest
 from composer.runtime.schedules import Schedule
 
 
@@ -220,6 +221,13 @@ def _encoder_state(checkpoint: str, made_by: str, source: str, encoder: nn.Modul
     except Exception as e:  # truncated or foreign file: one line naming it
         raise ValueError(f"tokenizer.frozen: cannot read {path} ({type(e).__name__}); remake it with "
                          f"`{made_by}`") from None
+    if isinstance(state, dict) and "checksum" in state and state["checksum"] != digest(state):
+        # torch's zip reader does not check the tensor records' CRC: flipped bytes would load as weights
+        older = next((p for p in sorted(path.parent.glob("step-*.pt"), reverse=True)
+                      if p.name < path.name and _intact(p)), None)
+        hint = f"point checkpoint at the older intact {older}, or remake it" if older else "remake it"
+        raise ValueError(f"tokenizer.frozen: {path} is corrupt: its content no longer matches its checksum; "
+                         f"{hint} with `{made_by}`")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a pretext-composer run checkpoint
         prefix = source + "."
         state = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
@@ -238,6 +246,15 @@ def _encoder_state(checkpoint: str, made_by: str, source: str, encoder: nn.Modul
         raise ValueError(f"tokenizer.frozen: {path} does not match num_tokens/num_layers/hidden_dim "
                          f"(encoder.{k}: checkpoint {got}, this block {want})")
     return state
+
+
+def _intact(path: Path) -> bool:
+    """Whether a run checkpoint reads back and matches the checksum it carries."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("checksum") == digest(state)
 
 
 def _missing(checkpoint: str, made_by: str, why: str) -> str:

@@ -87,8 +87,11 @@ def bounded_dry_run(spec: GraphSpec) -> dict:
     errors = memory_errors(spec, build_blocks(spec, "meta"))
     if errors:
         raise GraphErrors(errors)
+    import torch
     try:
-        with time_limit(time_budget_s()):
+        # set_grad_enabled restores the caller's mode on exit: a node failing inside a teacher's no-grad region
+        # would otherwise leave gradients off for the rest of the process (the region's end never runs)
+        with time_limit(time_budget_s()), torch.set_grad_enabled(torch.is_grad_enabled()):
             return dry_run(spec)
     except BudgetExceeded as e:  # raised between nodes (inside one, the dry run names the node)
         raise GraphErrors([GraphError(str(e), spec.loc(), expected="a graph whose example step is quick")]) from None

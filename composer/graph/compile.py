@@ -105,7 +105,9 @@ def build_blocks(spec: GraphSpec, device: str | torch.device | None = None) -> d
                 # a plain attribute (not a submodule): teacher.ema's init: independent builds the block again
                 object.__setattr__(built[name], registry.REBUILD_ATTRIBUTE,
                                    functools.partial(bs.info.cls, **kwargs))
-            except (ValueError, TypeError, KeyError, RuntimeError) as e:  # a block's own parameter check
+            except GraphErrors:
+                raise
+            except Exception as e:  # a block's own parameter check, or a library's (timm) failure on its values
                 what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 named = [p for p in bs.params if re.search(rf"\b{re.escape(p)}\b", what)]  # point at its line
                 loc = spec.loc("blocks", name, named[0]) if named else bs.loc

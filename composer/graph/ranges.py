@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from composer.blocks.registry import Range
+from composer.blocks.registry import Range, range_by_name
 from composer.graph.spec import GraphSpec
 from composer.runtime.errors import GraphError
 from composer.runtime.schedules import Schedule
@@ -41,17 +41,39 @@ def param_errors(spec: GraphSpec) -> list[GraphError]:
                                              spec.loc("blocks", name, pname), node=name,
                                              expected=param.range.describe()))
                     break  # one line per parameter
+            if isinstance(value, dict) and not schedule:  # a mapping of keyword arguments (timm's model_args)
+                errors += _nested_errors(spec, block, pname, value)
+    return errors
+
+
+def _nested_errors(spec: GraphSpec, block, pname: str, value: dict) -> list[GraphError]:
+    """Numbers inside a mapping parameter: finite, and in the range their key has anywhere (``drop_path_rate``)."""
+    errors = []
+    for key, item in value.items():
+        bounds = range_by_name(str(key))
+        for x in _numbers(item, False):
+            why = bounds.violation(x)
+            if why:
+                errors.append(GraphError(f"parameter {pname!r} of {block.kind}: {key}: {why}",
+                                         spec.loc("blocks", block.name, pname, key), node=block.name,
+                                         expected=bounds.describe()))
+                break
     return errors
 
 
 def objective_errors(spec: GraphSpec) -> list[GraphError]:
+    """Weights finite and > 0; a term declared ``{weight: w, allow_negative: true}`` may be <= 0 (still finite)."""
     errors = []
     for name, weight in spec.objective.items():
-        why = POSITIVE_WEIGHT.violation(weight)
+        signed = name in spec.signed_objective
+        why = (Range() if signed else POSITIVE_WEIGHT).violation(weight)
         if why:
-            errors.append(GraphError(f"the objective weight of {name!r}: {why}", spec.loc("objective", name),
-                                     node=name, expected="a finite weight > 0 (a negative one trains by "
-                                                         "gradient ascent)"))
+            where = spec.loc("objective", name, "weight") if isinstance(spec.data.get("objective"), dict) and \
+                isinstance(spec.data["objective"].get(name), dict) else spec.loc("objective", name)
+            errors.append(GraphError(f"the objective weight of {name!r}: {why}", where, node=name,
+                                     expected="a finite weight" if signed else
+                                     "a finite weight > 0 (a negative one trains by gradient ascent; write "
+                                     f"{{{name}: {{weight: {weight:g}, allow_negative: true}}}} if that is meant)"))
     return errors
 
 

@@ -84,7 +84,10 @@ def graph_schema() -> dict:
             "blocks": {"type": "object", "additionalProperties": block_schema},
             "flow": {"type": "object", "additionalProperties": _EXPR},
             "updates": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _EXPR}},
-            "objective": {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": {"type": "number"}}]},
+            "objective": {"anyOf": [{"type": "string"}, {"type": "object", "additionalProperties": {"anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "object", "required": ["weight"], "additionalProperties": False,
+                 "properties": {"weight": {"type": "number"}, "allow_negative": {"type": "boolean"}}}]}}]},
             "embedding": {"type": "string"},
             "train": train_schema(),
             "requires": {"type": "array", "items": {"type": "string"},

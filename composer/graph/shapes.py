@@ -74,8 +74,10 @@ class _Recorder(fx.Interpreter):
         layer = layer_name(self.module.get_submodule(n.target), failing[0])
         block = self.spec.blocks[n.target]
         param = parameter_holding(block.params, expected)
+        holder = (n.target, param.split("[")[0]) if param else None
         if param is None and block.source in self.spec.blocks:  # a wrapper (teacher.ema): its source's parameter
             param = parameter_holding(self.spec.blocks[block.source].params, expected)
+            holder = (block.source, param.split("[")[0]) if param else None
             param = f"{block.source}'s {param}" if param else None
         given = f"it gets {fmt(got)}"
         for port, arg in n.kwargs.items():
@@ -90,14 +92,36 @@ class _Recorder(fx.Interpreter):
         return GraphError(
             f"'{name}' ({kind}{wraps}) expects {fmt(expected)} {what} (its layer '{layer}', a "
             f"{type(failing[0]).__name__}{'; set by ' + param if param else ''}) but {given}",
-            spec_node.loc if spec_node is not None else None, node=n.name,
+            self._where(n, holder), node=n.name,
             expected=f"the two sizes to agree ({fmt(expected)} vs {fmt(got)}): change the parameters of '{name}' or what "
                      f"feeds it")
 
+    def _where(self, n: fx.Node, holder: tuple[str, str] | None = None):
+        """Where a failure at node ``n`` is reported: the node's flow line, unless that line is in a base graph
+        (``extends:``) and the file being checked (or ``--set``) wrote a parameter that feeds the failure, which
+        is then the line: the size-setting parameter ``holder``, else a parameter of a block computing one of its
+        inputs, of the failing block, or of its source."""
+        spec_node = self.spec.nodes.get(n.name)
+        loc = spec_node.loc if spec_node is not None else None
+        if loc is None or loc.file == self.spec.path or n.op != "call_module":
+            return loc
+        blocks = []
+        for arg in n.kwargs.values():  # what computes its inputs first: the message is about them
+            src = _source(arg)
+            label = self._producer(src)[1] if src is not None else ""
+            blocks += [b for b in self.spec.blocks if label.startswith(f"'{b}' ")]
+        blocks += [n.target, self.spec.blocks[n.target].source]
+        paths = [("blocks", *holder)] if holder else []
+        paths += [("blocks", b, p) for b in blocks if b in self.spec.blocks for p in self.spec.blocks[b].params]
+        for path in paths:
+            where = self.spec.located.locs.get(path)
+            if where is not None and where.file != loc.file:
+                return where
+        return loc
+
     def _error(self, n: fx.Node, e: Exception) -> GraphError:
         name = n.name
-        spec_node = self.spec.nodes.get(name)
-        loc = spec_node.loc if spec_node is not None else None
+        loc = self._where(n)
         what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if n.op == "call_module":
             kind = self.spec.blocks[n.target].kind

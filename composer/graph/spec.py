@@ -73,6 +73,8 @@ class GraphSpec:
     objective: dict[str, float]
     embedding: str | None
     train: dict
+    # objective terms whose weight may be zero or negative, declared with ``{weight: w, allow_negative: true}``
+    signed_objective: frozenset = frozenset()
 
     @property
     def data(self) -> dict:
@@ -110,6 +112,7 @@ class _Parser:
         self.undefined: set[str] = set()  # values reported undefined: one line each, however often used
         self.broken: set[str] = set()  # blocks declared with an unknown type: reported once, at their type
         self.quiet: set[str] = set()  # nodes with an input left out after an error already reported
+        self.broken: set[str] = set()  # blocks already reported (unknown type ...): their uses stay quiet
 
     def err(self, message, loc_path=(), node=None, expected=None, line_offset: int = 0):
         loc = self.located.loc(*loc_path) or Loc(self.path)
@@ -163,11 +166,14 @@ class _Parser:
         if not isinstance(train, dict):
             self.err("'train' must be a mapping", ("train",), expected="train: {optimizer: ..., lr: ...}")
             train = {}
+        if not self.errors:  # `vocab_size: auto` and the like, from the blocks wired to them
+            from composer.graph.autosize import resolve_auto
+            self.errors += resolve_auto(self.blocks, self.nodes, self.located)
         if self.errors:
             raise GraphErrors(self.errors)
         name = d.get("name") or self.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         return GraphSpec(str(name), self.path, self.located, list(inputs), self.blocks, self.nodes, list(flow),
-                         updates, objective, embedding, train)
+                         updates, objective, embedding, train, frozenset(self.signed_objective))
 
     def _check_name(self, name, loc_path) -> bool:
         if not isinstance(name, str) or not _NAME.match(name) or keyword.iskeyword(name):
@@ -182,6 +188,7 @@ class _Parser:
         from composer.graph.model import ComposedModel
         for name, body in self.data["blocks"].items():
             where = ("blocks", name)
+            self.broken.add(name)  # until its body is read: one cause (a misspelt type), one line
             if not self._check_name(name, where):
                 continue
             if hasattr(ComposedModel, name):  # blocks become attributes of the model
@@ -209,9 +216,10 @@ class _Parser:
                     self.err(f"missing required parameter {p.name!r} for {kind}", where, node=name,
                              expected=p.doc or f"a value for {p.name}")
             self.blocks[name] = BlockSpec(name, kind, params, self.located.loc(*where), info)
+            self.broken.discard(name)
         for spec in self.blocks.values():
             src = spec.source
-            if src is not None and src not in self.blocks:
+            if src is not None and src not in self.blocks and src not in self.broken:
                 ref_param = next(p for p, v in spec.params.items() if v == src)
                 self.err(f"{spec.kind} refers to block {src!r}, which does not exist"
                          f"{registry.did_you_mean(src, self.blocks)}", ("blocks", spec.name, ref_param),
@@ -220,7 +228,7 @@ class _Parser:
     # -- flow ----------------------------------------------------------------------------------------------
     def _parse_flow_entry(self, name, expr):
         where = ("flow", name)
-        if isinstance(expr, dict) and len(expr) == 1 and next(iter(expr)) in self.blocks:
+        if isinstance(expr, dict) and len(expr) == 1 and next(iter(expr)) in self.blocks.keys() | self.broken:
             block = next(iter(expr))
             self._call_node(name, block, expr[block], where + (block,))
         else:
@@ -233,6 +241,8 @@ class _Parser:
         self.nodes[name] = node
         if block not in self.blocks:
             return node
+        if self.blocks[block].info.ports_follow_source and self.blocks[block].source in self.broken:
+            return node  # a wrapper of a block already reported: its ports are unknown
         ports = self._ports(block)
         if block in self.unknown_ports:  # already reported: no second line about its inputs
             return node
@@ -240,7 +250,7 @@ class _Parser:
             named = {}
         elif isinstance(args, dict) and all(k in ports for k in args):
             named = dict(args)
-        elif isinstance(args, dict) and len(args) == 1 and next(iter(args)) in self.blocks:
+        elif isinstance(args, dict) and len(args) == 1 and next(iter(args)) in self.blocks.keys() | self.broken:
             named = {self._first_port(block, name, where): args}
         elif isinstance(args, dict):
             bad = [k for k in args if k not in ports]
@@ -304,6 +314,9 @@ class _Parser:
             sg, value = True, value.value
         if isinstance(value, str):
             src, _, field = value.partition(".")
+            if src in self.broken and src not in self.data["flow"]:
+                self.quiet.add(owner)  # a block already reported
+                return None
             if src in self.blocks and src not in self.data["flow"]:
                 if src not in self.nodes:
                     self._call_node(src, src, None, where)
@@ -322,6 +335,9 @@ class _Parser:
             return Edge(src, field or None, sg, loc)
         if isinstance(value, dict) and len(value) == 1:
             block = next(iter(value))
+            if block in self.broken:
+                self.quiet.add(owner)
+                return None
             if block not in self.blocks:
                 if block not in self.broken:  # a block whose type is unknown was reported at its type
                     self.err(f"unknown block {block!r}{registry.did_you_mean(block, self.blocks)}", where,
@@ -381,6 +397,8 @@ class _Parser:
         return out
 
     def _parse_objective(self) -> dict[str, float]:
+        """``objective: loss``, ``{loss_a: 1.0, loss_b: 0.5}``, or a term written ``{weight: -0.1,
+        allow_negative: true}``: a weight <= 0 on purpose (a term maximised rather than minimised)."""
         raw = self.data.get("objective", "loss")
         if isinstance(raw, str):
             raw = {raw: 1.0}
@@ -389,13 +407,25 @@ class _Parser:
                      expected="objective: loss, or objective: {loss_a: 1.0, loss_b: 0.5}")
             return {}
         out = {}
+        self.signed_objective = set()
         for name, weight in raw.items():
+            where = ("objective", name)
+            if isinstance(weight, dict):
+                unknown = sorted(set(weight) - {"weight", "allow_negative"})
+                signed = weight.get("allow_negative", False)
+                if unknown or "weight" not in weight or not isinstance(signed, bool):
+                    self.err(f"the objective term {name!r} is {weight!r}", where, node=name,
+                             expected="a number, or {weight: -0.1, allow_negative: true}")
+                    continue
+                if signed:
+                    self.signed_objective.add(name)
+                weight, where = weight["weight"], ("objective", name, "weight")
             if name not in self.nodes:
                 self.err(f"the objective names {name!r}, which is not a value"
                          f"{registry.did_you_mean(name, self.nodes)}", ("objective",), node=name,
                          expected="a loss value defined under 'flow'")
             elif isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                self.err(f"the objective weight of {name!r} is {weight!r}", ("objective", name), node=name,
+                self.err(f"the objective weight of {name!r} is {weight!r}", where, node=name,
                          expected="a number")
             else:
                 out[name] = float(weight)

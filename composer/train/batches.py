@@ -111,30 +111,59 @@ class TooManyBadSamples(UserError):
 
 
 class SkippedSamples:
-    """The unreadable samples this process met: each warned about once, counted, and a stop past ``limit``.
+    """The unreadable samples this process (rank) met: each warned about once and counted; ``check`` stops the
+    run once the count summed over ranks passes ``limit``.
 
-    ``files`` (``file: cause``, in the order met) goes into checkpoints, so a resumed run keeps counting.
+    ``files`` (``file: cause``, in the order met) goes into checkpoints, so a resumed run keeps counting. The
+    limit is checked on counts every rank has (``check`` after the step's all-reduce), so all ranks stop at the
+    same step: a rank that stopped alone would leave the others waiting in the next collective.
     """
 
-    def __init__(self, limit: int, warn, files: dict[str, str] | None = None):
+    def __init__(self, limit: int, warn, files: dict[str, str] | None = None, rank: int = 0, world_size: int = 1):
         self.limit, self.warn, self.files = limit, warn, dict(files or {})
+        self.where = f" (rank {rank})" if world_size > 1 else ""
+        self.counts: list[int] | None = None  # every rank's count at the last check
+        self.everyone: dict[str, None] = dict.fromkeys(self.files)  # distinct files over all ranks
 
     def add(self, skipped, batch_missing: bool = False) -> None:
-        """Count ``skipped`` (``(file, cause)`` pairs); stop past the limit, or when ``batch_missing`` (no
-        readable sample could stand in: every sample of a small dataset is unreadable)."""
+        """Count ``skipped`` (``(file, cause)`` pairs), warning once about each new file; stop when
+        ``batch_missing`` (no readable sample could stand in: every sample of a small dataset is unreadable)."""
         for where, cause in skipped:
             if where not in self.files:
                 self.files[where] = cause
-                self.warn(f"warning: skipped an unreadable sample: {where} ({cause}); {len(self.files)} so far, "
+                self.warn(f"warning: skipped an unreadable sample{self.where}: {where} ({cause}); "
+                          f"{len(self.files)} so far{' on this rank' if self.where else ''}, "
                           f"at most {self.limit} allowed (--max-bad-samples)")
-        if len(self.files) > self.limit or batch_missing:
-            names = list(self.files)
-            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-            raise TooManyBadSamples(f"{len(names)} unreadable samples, "
-                                    f"{'more than' if len(names) > self.limit else 'and no readable one within'} "
-                                    f"--max-bad-samples {self.limit}: "
-                                    f"{', '.join(names[:5])}{more}; repair or remove them, or raise "
-                                    f"--max-bad-samples")
+        if batch_missing:
+            raise TooManyBadSamples(f"{len(self.files)} unreadable samples, and no readable one within "
+                                    f"--max-bad-samples {self.limit}: {self._names(list(self.files))}; repair or "
+                                    f"remove them, or raise --max-bad-samples")
+
+    def check(self, per_rank: list[int], gather=lambda files: [files]) -> None:
+        """Stop once more than ``limit`` distinct files are unreadable over all ranks. ``per_rank`` holds every
+        rank's count (the same list on all ranks, from the step's all-reduce); when it changes, ``gather``
+        (``launch.gather_objects``, called by all ranks together) collects the names, because a reshuffled epoch
+        hands the same bad file to another rank and the total counts it once."""
+        if per_rank != self.counts:
+            self.counts = list(per_rank)
+            self.everyone = dict.fromkeys(n for files in gather(list(self.files)) for n in files)
+        if len(self.everyone) <= self.limit:
+            return
+        met = f" (met per rank: {', '.join(f'rank {r} {c}' for r, c in enumerate(per_rank))})" \
+            if len(per_rank) > 1 else ""
+        raise TooManyBadSamples(f"{len(self.everyone)} unreadable samples{met}, more than --max-bad-samples "
+                                f"{self.limit}: {self._names(list(self.everyone))}; repair or remove them, or raise "
+                                f"--max-bad-samples")
+
+    @property
+    def total(self) -> int:
+        """Distinct unreadable files over all ranks, as of the last ``check``."""
+        return len(self.everyone)
+
+    @staticmethod
+    def _names(names: list[str]) -> str:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        return ", ".join(names[:5]) + more
 
     def __len__(self) -> int:
         return len(self.files)

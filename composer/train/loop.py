@@ -39,7 +39,8 @@ from composer.train.monitor import collapse_scalars, embedding_of
 from composer.train.optim import (build_optimizer, clip_gradients, freeze_gradients, group_values,
                                   set_hyperparameters)
 from composer.train.runlog import RunLog, write_run_files
-from composer.train.runstate import TrainError, check_out, diverged, resume_target, save_checkpoint
+from composer.train.runstate import (TrainError, check_out, diverged, resume_target, save_checkpoint,
+                                     skipped_of_rank)
 
 __all__ = ["TrainError", "TrainOptions", "train"]
 
@@ -164,8 +165,8 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                  tensorboard=opts.tensorboard, desc=spec.name)
     if resume_from is not None:
         log.message(f"resumed from {resume_from} at step {start}")
-    skipped = SkippedSamples(opts.max_bad_samples, lambda text: log.message(text) if main else None,
-                             state.get("skipped_samples") if state else None)
+    skipped = SkippedSamples(opts.max_bad_samples, log.message if main else _rank_warning,
+                             skipped_of_rank(state, env), env.rank, env.world_size)
     written = None  # the checkpoint this process wrote last
     for name, why in (device_stage.status if device_stage is not None else {}).items():
         log.message(f"augment block {name!r}: " + ("batched on the device" if why is None else
@@ -188,7 +189,9 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
             set_hyperparameters(optimizer, lr, wd, group_values(cfg, step))
 
             # ---- forward / backward over the micro-batches; gradients are all-reduced on the last one
-            sums = torch.zeros(1 + len(objective_terms), device=env.device)
+            # [loss, terms..., skipped samples of rank 0..W-1 (times W: the mean over ranks is each count)]
+            sums = torch.zeros(1 + len(objective_terms) + env.world_size, device=env.device)
+            n_sums = 1 + len(objective_terms)
             outputs = []
             for j in range(cfg.accumulate):
                 t0 = time.perf_counter()
@@ -204,11 +207,14 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                     out = ddp(batch)
                 (out.loss / cfg.accumulate).backward()
                 terms = [out.values[t].detach().float().reshape(()) for t in objective_terms]
-                sums += torch.stack([out.loss.detach().float(), *terms]) / cfg.accumulate
+                sums[:n_sums] += torch.stack([out.loss.detach().float(), *terms]) / cfg.accumulate
                 outputs.append(out)
 
             # ---- the global loss; stop before a step that would spread NaNs into the weights
+            sums[n_sums + env.rank] = len(skipped) * env.world_size
             sums = collectives.all_reduce_mean(sums)
+            per_rank = [round(c) for c in sums[n_sums:].tolist()]
+            skipped.check(per_rank, launch.gather_objects)  # the same counts on every rank: they stop together
             loss = float(sums[0])
             if not math.isfinite(loss):
                 raise diverged(run_dir, loss, step, epoch, lr, written, env)
@@ -234,11 +240,13 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
                 scalars = {"loss": loss, "lr": lr, "weight_decay": wd, "epoch": done / spe,
                            "throughput/images_per_s": images_per_s, "throughput/step_s": step_time,
                            "throughput/data_s": data_time}
-                scalars.update({f"loss/{t}": float(v) for t, v in zip(objective_terms, sums[1:])})
+                scalars.update({f"loss/{t}": float(v) for t, v in zip(objective_terms, sums[1:n_sums])})
                 if grad_norm is not None:
                     scalars["grad_norm"] = grad_norm
-                if len(skipped):
-                    scalars["data/skipped_samples"] = len(skipped)
+                if skipped.total:  # distinct files over all ranks, and what each rank met when there are several
+                    scalars["data/skipped_samples"] = skipped.total
+                    if env.world_size > 1:
+                        scalars.update({f"data/skipped_samples/rank{r}": c for r, c in enumerate(per_rank)})
                 z = embedding_of(outputs[-1].values, spec)
                 if z is not None:
                     scalars.update(collapse_scalars(z))
@@ -260,6 +268,11 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     if main:
         print(f"{spec.name}: {total} steps done; run folder {run_dir}", file=sys.stderr)
     return run_dir
+
+
+def _rank_warning(text: str) -> None:
+    """A warning of a rank other than 0 (whose run log prints nothing): straight to its stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def _augment_where(opts: TrainOptions, env: launch.Launch) -> str:

@@ -129,12 +129,14 @@ def save_checkpoint(run_dir: Path, model, optimizer, step: int, spe: int, env: l
         if bad:
             raise _not_finite(run_dir, step, ", ".join(bad[:3]))
     rng = launch.gather_objects(torch.get_rng_state())
+    skipped_by_rank = launch.gather_objects(dict(skipped))  # each rank keeps counting its own after a resume
     cuda_rng = launch.gather_objects(torch.cuda.get_rng_state(env.device)) if env.device.type == "cuda" else []
     if not env.is_main:
         return None
     state = {"format": checkpoint.FORMAT, "step": step, "epoch": step // spe, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": {"torch": rng, "cuda": cuda_rng},
-             "world_size": env.world_size, "skipped_samples": dict(skipped),
+             "world_size": env.world_size, "skipped_samples": {k: v for files in skipped_by_rank for k, v in files.items()},
+             "skipped_by_rank": skipped_by_rank,
              "run": {k: v for k, v in run_options.items() if isinstance(v, (str, int, float, bool))}}
     path = checkpoint.path_for(run_dir, step)
     try:
@@ -143,6 +145,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, step: int, spe: int, env: l
         raise _not_finite(run_dir, step, ", ".join(e.names[:3])) from None
     checkpoint.prune(run_dir, keep, newest=path)
     return path
+
+
+def skipped_of_rank(state: dict | None, env: launch.Launch) -> dict[str, str] | None:
+    """The unreadable files this rank had met when ``state`` was saved; with another number of ranks, rank 0
+    takes them all (the total carries over, the split cannot)."""
+    if not state:
+        return None
+    by_rank = state.get("skipped_by_rank")
+    if isinstance(by_rank, list) and len(by_rank) == env.world_size:
+        return by_rank[env.rank]
+    return state.get("skipped_samples") if env.rank == 0 else None
 
 
 def _not_finite(run_dir: Path, step: int, names: str) -> TrainError:

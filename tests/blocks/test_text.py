@@ -7,8 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from composer.blocks.text import EOT, SOT, ByteTokenizer, encode, span_to_tokens
-from composer.blocks.text_encoder import TextTransformer
+from composer.blocks.text import EOT, SOT, VOCAB_SIZE, ByteTokenizer, encode, span_to_tokens
+from composer.blocks.text_encoder import TextTransformer as _Encoder
+
+
+def TextTransformer(**kw) -> _Encoder:  # noqa: N802 - the block outside a graph: the byte tokenizer's vocabulary
+    return _Encoder(**{"vocab_size": VOCAB_SIZE, **kw})
 
 
 # ------------------------------------------------------------------ tokenizer
@@ -163,5 +167,7 @@ def test_rejects_bad_parameters():
         TextTransformer(layers=0)
     with pytest.raises(ValueError, match="encoder.text"):
         TextTransformer(pool="mean")
+    with pytest.raises(ValueError, match="vocab_size 'auto' is set by a graph"):
+        _Encoder()  # 'auto' is resolved from the wired tokenizer when a graph is loaded
     with pytest.raises(ValueError, match="context_length"):
         TextTransformer(context_length=4, width=8, heads=2, layers=1)(torch.zeros(1, 5, dtype=torch.long))

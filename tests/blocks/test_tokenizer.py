@@ -138,6 +138,29 @@ def test_mismatched_or_broken_checkpoint_is_one_line(tmp_path):
         FrozenTokenizer(checkpoint=str(tmp_path / "junk.pt"), **ARCH)
 
 
+def test_flipped_bytes_in_a_run_checkpoint_are_one_line_naming_it_and_the_older_intact_one(tmp_path):
+    """Checksums as the trainer writes them (composer.train.checkpoint.save): a changed file must not load as
+    weights; the message names the file and the older intact checkpoint beside it."""
+    from composer.train.checkpoint import save
+    from fault_helpers import flip_bytes
+    folder = tmp_path / "run" / "checkpoints"
+    for step, seed in ((9, 1), (10, 2)):
+        model_state = {f"tokenizer.{k}": v for k, v in _dvae(seed=seed).state_dict().items()}
+        save(folder / f"step-{step:08d}.pt", {"step": step, "model": model_state})
+    image = torch.randn(2, 3, 16, 16)
+    FrozenTokenizer(checkpoint=str(tmp_path / "run"), **ARCH)(image)  # intact: loads
+    newest, older = folder / "step-00000010.pt", folder / "step-00000009.pt"
+    flip_bytes(newest)
+    for where in (tmp_path / "run", newest):
+        with pytest.raises(ValueError) as e:
+            FrozenTokenizer(checkpoint=str(where), made_by="ptc train graphs/beit_tokenizer.yaml", **ARCH)
+        msg = str(e.value)
+        assert "\n" not in msg and f"{newest} is corrupt" in msg and f"older intact {older}" in msg, msg
+    flip_bytes(older)  # no intact one left: the message only says how to remake it
+    with pytest.raises(ValueError, match=r"is corrupt: .*checksum; remake it with `ptc train"):
+        FrozenTokenizer(checkpoint=str(newest), made_by="ptc train graphs/beit_tokenizer.yaml", **ARCH)
+
+
 @pytest.mark.parametrize("kind, kw", [
     ("tokenizer.dvae", {"num_tokens": 1}), ("tokenizer.dvae", {"num_layers": 0}),
     ("tokenizer.dvae", {"temperature": 0.0}), ("tokenizer.dvae", {"hidden_dim": 0}),

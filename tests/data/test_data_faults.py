@@ -77,3 +77,38 @@ def test_training_skips_damaged_images_counts_them_and_stops_past_the_limit(tmp_
     line = one_error_line(stopped.stderr)
     assert "2 unreadable samples, more than --max-bad-samples 1" in line
     assert all(str(p) in line for p in bad)
+
+
+def _two_rank_runs(rank: int, world_size: int, root: str) -> None:
+    """Rank ``rank`` of: a run that skips the two damaged images, then one that must stop at its limit of 1."""
+    import composer
+    from composer.train import train
+    from composer.train.batches import TooManyBadSamples
+    from train_helpers import fast
+    folder = f"folder:{root}/images"
+    spec = composer.load(MOCO, {"train.batch_size": 8, "train.steps": 4})
+    train(spec, fast(f"{root}/run", data=folder, max_bad_samples=2))
+    try:  # every rank must stop at the same step; one stopping alone would leave the other in a collective
+        train(spec, fast(f"{root}/strict", data=folder, max_bad_samples=1))
+    except TooManyBadSamples as e:
+        Path(f"{root}/stop-{rank}.txt").write_text(str(e))
+
+
+@pytest.mark.dist
+def test_two_ranks_log_each_ranks_skipped_count_and_the_total_and_stop_together(tmp_path):
+    from dist_helpers import spawn
+
+    from composer.train import checkpoint
+    bad, _ = _folder(tmp_path / "images")
+    spawn(_two_rank_runs, 2, str(tmp_path))
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "loss" in r][-1]
+    # 16 images, 8 a step over 2 ranks: each epoch reads every image once, a reshuffled epoch on the other rank
+    per_rank = [last["data/skipped_samples/rank0"], last["data/skipped_samples/rank1"]]
+    assert last["data/skipped_samples"] == 2 and 2 <= sum(per_rank) <= 4, last  # the total: distinct files
+    state = checkpoint.load(sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1])
+    assert [len(files) for files in state["skipped_by_rank"]] == per_rank
+    assert set(state["skipped_samples"]) == {str(p) for p in bad}
+    stops = [(tmp_path / f"stop-{r}.txt").read_text() for r in range(2)]
+    assert stops[0] == stops[1] and "2 unreadable samples (met per rank: rank 0 " in stops[0], stops
+    assert all(str(p) in stops[0] for p in bad)

@@ -12,6 +12,7 @@ import re
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
 KEY = re.compile(r"(\w+):")
 BAD_NUMBERS = (".nan", "-{v}", "0", "1.0e+30", "{v}1", "abc")  # NaN, negative, zero, huge, a digit more, a string
+FORMS = dict(zip(BAD_NUMBERS, ("nan", "negative", "zero", "huge", "digit", "string")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Mutant:
     block: str | None = None
     param: str | None = None
     value: str | None = None
+    form: str | None = None  # for numbers: nan, negative, zero, huge, digit, string (FORMS)
 
     @property
     def id(self) -> str:
@@ -54,7 +56,7 @@ def mutants(text: str) -> list[Mutant]:
                 for bad in BAD_NUMBERS:
                     value = bad.format(v=m.group().lstrip("-"))
                     put("number", i, code[:m.start()] + value + code[m.end():] + comment, block=block,
-                        param=keys[-1], value=value)
+                        param=keys[-1], value=value, form=FORMS[bad])
     for i in flow:  # a deleted flow line (one-line entries only)
         if i + 1 < len(lines) and _indent(lines[i + 1]) > 2 and lines[i + 1].strip():
             continue

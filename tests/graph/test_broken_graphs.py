@@ -51,3 +51,12 @@ def test_debug_flag_shows_traceback(capsys):
     path = Path(__file__).parent / "broken" / "unknown_block_type.yaml"
     assert main(["--debug", "check", str(path)]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_misspelt_type_is_one_line_wherever_the_block_is_used(capsys):
+    """The block is a teacher's source, called in the flow, read as a value and named as the embedding: the
+    misspelt type is the only cause, so it is the only line."""
+    path = Path(__file__).parent / "broken" / "misspelt_type_of_a_teacher_source.yaml"
+    assert main(["check", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:3: "), lines

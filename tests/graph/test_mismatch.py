@@ -35,3 +35,26 @@ def test_parameter_holding_names_the_list_entry():
     assert parameter_holding({"dims": [2048, 16], "bias": True}, 2048) == "dims[0]"
     assert parameter_holding({"in_dim": 24}, 24) == "in_dim"
     assert parameter_holding({"bias": True}, 1) is None
+
+
+@pytest.mark.parametrize("old, new, line", [
+    ("projector: {dims: [64, 256, 256, 64]}", "projector: {dims: [641, 256, 256, 64]}", 22),  # the size-setter
+    ("predictor: {dims: [64, 256, 64]}", "predictor: {dims: [64, 256, 641]}", 23),  # a loss in the base fails
+])
+def test_a_failure_in_a_base_graphs_flow_points_at_the_child_line_that_caused_it(tmp_path, capsys, old, new, line):
+    """moco_v3_vit.yaml extends moco_v3.yaml: the failing nodes are written in the base, the sizes in the child."""
+    import shutil
+    from pathlib import Path
+
+    from composer.cli import main
+    graphs = Path(__file__).resolve().parents[2] / "graphs"
+    for name in ("moco_v3.yaml", "moco_v3_vit.yaml"):
+        shutil.copy(graphs / name, tmp_path / name)
+    child = tmp_path / "moco_v3_vit.yaml"
+    assert old in child.read_text()
+    child.write_text(child.read_text().replace(old, new))
+    assert main(["check", str(child), "--variant", "tiny"]) == 2
+    assert torch.is_grad_enabled()  # the failure inside the teacher's no-grad region left the mode as it was
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{child}:{line}: "), lines
+    assert new.split(":")[0] in child.read_text().splitlines()[line - 1]

@@ -109,8 +109,18 @@ def test_skipped_samples_warn_once_each_and_stop_past_the_limit():
     count.add([("b.png", "not an image"), ("a.png", "truncated")])
     count.add([("b.png", "not an image")])                                   # met again in the next epoch
     assert len(count) == 2 and len(said) == 1 and "b.png" in said[0]
+    count.check([2])
+    count.add([("c.png", "EIO")])  # counted; the limit is checked after the step's all-reduce (check)
     with pytest.raises(TooManyBadSamples, match=r"3 unreadable samples, more than --max-bad-samples 2: "
                                                 r"a.png, b.png, c.png;"):
-        count.add([("c.png", "EIO")])
+        count.check([len(count)])
+    ranked = SkippedSamples(2, said.append, {"a.png": "truncated"}, rank=1, world_size=2)
+    ranked.add([("d.png", "EIO")])
+    assert said[-1].startswith("warning: skipped an unreadable sample (rank 1): d.png (EIO); 2 so far on this rank")
+    ranked.check([1, 2], gather=lambda files: [["d.png"], files])  # a file met by two ranks counts once
+    assert ranked.total == 2
+    with pytest.raises(TooManyBadSamples, match=r"3 unreadable samples \(met per rank: rank 0 2, rank 1 2\), "
+                                                r"more than --max-bad-samples 2: d.png, x.png, a.png;"):
+        ranked.check([2, 2], gather=lambda files: [["d.png", "x.png"], files])  # every rank's files are named
     with pytest.raises(TooManyBadSamples, match="1 unreadable samples, and no readable one within"):
         SkippedSamples(5, said.append).add([("only.png", "truncated")], batch_missing=True)
