@@ -108,6 +108,7 @@ class ShuffledEMATeacher(EMATeacher):
         momentum: m (MoCo v1/v2: 0.999).
         mode: train or eval, as for teacher.ema.
         momentum_at: completed or next, as for teacher.ema (MoCo v1/v2's constant momentum makes them equal).
+        init: copy (MoCo: the key encoder starts as a copy of the query encoder) or independent, as for teacher.ema.
     """
 
     def forward(self, x):
