@@ -94,12 +94,14 @@ def _in_variant_blocks(lines, i) -> bool:
 
 
 def _block_of(lines, i) -> str | None:
-    """The block a parameter line belongs to: the nearest entry at the block-name indent above (2 or 6)."""
+    """The block a parameter line belongs to: the nearest entry at the block-name indent above (2 or 6), written
+    in flow style (``name: {...}``) or block style (``name:`` with its keys on the lines below)."""
     start = i
     while start >= 0:
         line = lines[start]
         ind = _indent(line)
-        if line.strip() and not line.strip().startswith("#") and ind in (2, 6) and re.match(r"\s*\w+:\s*\{", line):
+        code = _split_comment(line)[0]
+        if code.strip() and ind in (2, 6) and re.match(r"\s*\w+:\s*(\{|$)", code.rstrip()):  # name: {..} or name:
             return line.split(":", 1)[0].strip()
         if line.strip() and ind < 2:
             return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import random
 import resource
@@ -97,6 +98,8 @@ def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
     value = yaml.safe_load(mutant.value)
     if block is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if mutant.param == getattr(block.info.cls, "expression_param", None) and math.isfinite(value):
+        return f"a finite constant of the program in {mutant.block}.{mutant.param}"  # a loss's scale, not a range
     param = block.info.params.get(mutant.param)
     bounds = param.range if param is not None else None
     for name, v in block.params.items():  # a key inside a mapping: a schedule's values, timm's model_args
