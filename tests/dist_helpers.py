@@ -37,13 +37,13 @@ def spawn(worker, world_size: int, *args) -> None:
     mp.spawn(_entry, args=(world_size, free_port(), worker, args), nprocs=world_size, join=True)
 
 
-def sgd_record(model, forward_model, batch_at, steps: int, extra=None) -> list[dict]:
-    """``steps`` iterations of forward, backward, SGD (lr 0.5) and the graph's state update.
+def sgd_record(model, forward_model, batch_at, steps: int, extra=None, lr: float = 0.5) -> list[dict]:
+    """``steps`` iterations of forward, backward, SGD (``lr``) and the graph's state update.
 
     ``forward_model``: the model or its DDP wrapper; ``batch_at(step)``: that step's model-stage inputs;
     ``extra(output)``: more values to record. Returns one dict per iteration (``loss``, ``grads`` and the
     extras), then ``{"state": ...}`` with the final state dict."""
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=lr)
     record = []
     for step in range(steps):
         out = forward_model(batch_at(step))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import spawn
+from dist_helpers import sgd_record, spawn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -51,18 +51,7 @@ def _steps(model, forward_model, rank: int | None) -> list[dict]:
         g = torch.Generator().manual_seed(1000 + step)
         batch = {name: torch.randn(2, WORLD * N, 3, SIZE, SIZE, generator=g) for name in model.model_inputs}
         return batch if rank is None else {k: v[:, rank * N:(rank + 1) * N] for k, v in batch.items()}
-    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.01)   # small: eval-mode BN does not rescale
-    record = []
-    for step in range(STEPS):
-        out = forward_model(batch_at(step))
-        out.loss.backward()
-        record.append({"loss": out.loss.detach().clone(),
-                       "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update(out, step)
-    record.append({"state": {k: v.clone() for k, v in model.state_dict().items()}})
-    return record
+    return sgd_record(model, forward_model, batch_at, STEPS, lr=0.01)   # small: eval-mode BN does not rescale
 
 
 def _program(name: str) -> str:
