@@ -49,7 +49,7 @@ from composer.blocks.augment import (
     simclr_blur_kernel,
     solarize,
 )
-from composer.blocks.ranges import FINITE
+from composer.blocks.ranges import FINITE, IMAGE_SIDE
 from composer.blocks.registry import block, did_you_mean
 
 VIEW_DEFAULTS: dict = {
@@ -127,8 +127,8 @@ class ConfiguredViews(Augment):
             if not 0.0 <= p <= 1.0:
                 raise self._fail(path, f"is a probability and must lie in [0, 1], got {value!r}")
             return p
-        if key == "size":
-            return integer(value, 1)
+        if key == "size":  # capped like every augment block's side: a huge blur cannot be interrupted
+            return integer(value, 1, int(IMAGE_SIDE.le))
         if key == "repeat":
             return integer(value, 1)
         if key == "solarize_threshold":

@@ -76,6 +76,8 @@ BY_NAME: dict[str, Range] = {
     "mlp_ratio": POSITIVE, "eps": POSITIVE, "anchor_scale": POSITIVE, "min_aspect": POSITIVE,
     "max_aspect": POSITIVE, "aspect_ratio": POSITIVE, "std": POSITIVE,
     "drop_path": Range(ge=0, lt=1), "flip": PROBABILITY, "blur_prob": PROBABILITY, "alpha": PROBABILITY,
+    "blur": PROBABILITY, "solarize": PROBABILITY, "gray": PROBABILITY, "jitter_p": PROBABILITY,  # augment.views
+    "repeat": COUNT, "solarize_threshold": Range(ge=0, le=255),
     "prior_prob": Range(gt=0, lt=1),  # focal-loss bias init -log((1 - p) / p) needs 0 < p < 1
     "crop_min": FRACTION, "crop_fraction": FRACTION, "scale": FRACTION, "global_scale": FRACTION,
     "local_scale": FRACTION, "pred_scale": FRACTION, "enc_scale": FRACTION,

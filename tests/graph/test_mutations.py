@@ -107,6 +107,9 @@ def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
             outer = block.info.params.get(name)
             schedule = outer is not None and outer.annotation is Schedule
             bounds = outer.range if schedule else range_by_name(mutant.param)
+        in_list = isinstance(v, list) and any(isinstance(x, dict) and mutant.param in x for x in v)
+        if bounds is None and in_list:  # a key of one entry of a list of mappings (augment.views' views)
+            bounds = range_by_name(mutant.param)
     if bounds is not None and bounds.violation(value) is None:
         return f"{mutant.param}={value} is within {bounds.describe()}"
     return None
