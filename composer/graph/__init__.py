@@ -12,12 +12,18 @@ from composer.graph.model import ComposedModel, Output
 
 def load(path, overrides=None, variant: str | None = None):
     """Read a graph file (with ``extends:``, the named ``variant`` and ``--set``-style overrides) → ``GraphSpec``."""
+    from composer.graph.autosize import resolve_auto
     from composer.graph.loader import load_located
     from composer.graph.requires import check_requires
     from composer.graph.spec import parse
+    from composer.runtime.errors import GraphErrors
     located = load_located(path, overrides, variant)
     check_requires(located, str(path))  # before block types are looked up: "pip install X", not "unknown type"
-    return parse(located, str(path))
+    spec = parse(located, str(path))
+    errors = resolve_auto(spec.blocks, spec.nodes, spec.located)  # `vocab_size: auto`, from the wired blocks
+    if errors:
+        raise GraphErrors(errors)
+    return spec
 
 
 def check(spec, dry_run: bool = True):

@@ -166,9 +166,6 @@ class _Parser:
         if not isinstance(train, dict):
             self.err("'train' must be a mapping", ("train",), expected="train: {optimizer: ..., lr: ...}")
             train = {}
-        if not self.errors:  # `vocab_size: auto` and the like, from the blocks wired to them
-            from composer.graph.autosize import resolve_auto
-            self.errors += resolve_auto(self.blocks, self.nodes, self.located)
         if self.errors:
             raise GraphErrors(self.errors)
         name = d.get("name") or self.path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
