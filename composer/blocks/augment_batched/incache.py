@@ -126,7 +126,10 @@ def apply_view_into(out: Tensor, images: Tensor, size: int, interpolation: str, 
                     params: ViewParams, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """One view of (B, 3, H, W) uint8 CPU images, normalised, written into ``out`` (B, 3, S, S) float32."""
     kernels = gaussian_kernels(params.sigma, blur_kernel) if blur_kernel > 1 and params.blur_on.any() else None
-    matrices = blur_matrices(kernels, size) if kernels is not None and size <= MATMUL_BLUR_MAX else None
+    matrices = {}  # the blurred images' (S, S) matrices, built together (a zeroed (n, S, S) tensor, one scatter)
+    if kernels is not None and size <= MATMUL_BLUR_MAX:
+        blurred = params.blur_on.nonzero().flatten()
+        matrices = dict(zip(blurred.tolist(), blur_matrices(kernels[blurred], size).unbind(0)))
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     inv_s = 1 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     boxes, factors, orders = params.boxes.tolist(), params.jitter_factors.tolist(), params.jitter_order.tolist()
@@ -143,7 +146,7 @@ def apply_view_into(out: Tensor, images: Tensor, size: int, interpolation: str, 
         if grey[i]:
             x.copy_(gray(x).expand(3, -1, -1))
         if kernels is not None and blur_on[i]:
-            blur(x, kernels[i], None if matrices is None else matrices[i])
+            blur(x, kernels[i], matrices.get(i))
         if sol[i]:  # x ≥ 0.5 → 1 − x is min(x, 1 − x), exactly (threshold 127.5/255: the uint8 rule, see ops)
             torch.minimum(x, torch.rsub(x, 1), out=x)
         x.sub_(m).mul_(inv_s)
