@@ -45,7 +45,7 @@ def hue(x: Tensor, f: float) -> Tensor:
     d = maxc - minc
     x.sub_(minc).div_(d.clamp(min=_TINY))  # grey pixels (d = 0): u = 0 and the result is v whatever h6
     ur, ug, ub = x
-    is_r, is_g = ur.floor(), ug.floor()  # 1 on a maximal channel, else 0
+    is_r, is_g = x[:2].floor()  # 1 on a maximal channel, else 0
     h6 = torch.sub(ur, ug).add_(4)  # b is the max: 4 + (r − g) / d
     h6.lerp_(torch.sub(ub, ur).add_(2), is_g).lerp_(torch.sub(ug, ub), is_r)  # g, then r, take precedence
     h6.add_(6 * f)
@@ -61,7 +61,9 @@ def jitter(x: Tensor, factors: list[float], order: list[int]) -> Tensor:
         if f == IDENTITY[op]:
             continue
         if op == BRIGHTNESS:
-            x.mul_(f).clamp_(0, 1)
+            x.mul_(f)
+            if f > 1:  # x·f ≤ f ≤ 1 otherwise (rounding is monotone): the clamp would change nothing
+                x.clamp_(0, 1)
         elif op == CONTRAST:  # the mean of the luma image = the luma of the channel means (one reduction)
             m = sum(w * c for w, c in zip(GRAY_WEIGHTS, x.mean((1, 2)).tolist()))
             x.mul_(f).add_(m * (1 - f)).clamp_(0, 1)
@@ -149,5 +151,5 @@ def apply_view_into(out: Tensor, images: Tensor, size: int, interpolation: str, 
             blur(x, kernels[i], matrices.get(i))
         if sol[i]:  # x ≥ 0.5 → 1 − x is min(x, 1 − x), exactly (threshold 127.5/255: the uint8 rule, see ops)
             torch.minimum(x, torch.rsub(x, 1), out=x)
-        x.sub_(m).mul_(inv_s)
+        x.sub_(m).mul_(inv_s)  # (torch.addcmul in one op is 4x slower here)
     return out
