@@ -3,7 +3,6 @@ seeded per (seed, epoch, step, micro-batch, rank), so a resumed run draws the au
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
