@@ -27,17 +27,28 @@ from composer.blocks.augment_batched.params import (
 )
 
 
+def _c(v: float) -> Tensor:
+    """A float32 0-dim constant. A Python number costs a tensor op ~8 µs more on this CPU (torch wraps it in a
+    double tensor and converts it on every call, 4 extra dispatches); a float32 0-dim tensor gives the same bits
+    (tests compare both) and the op alone, which counts on 96 px crops where each op computes for ~3 µs."""
+    return torch.tensor(v, dtype=torch.float32)
+
+
+_W_RED, _ONE_255 = _c(GRAY_WEIGHTS[0]), _c(1 / 255)
+
+
 def gray(x: Tensor) -> Tensor:
     """ITU-R 601-2 luma of one float image (3, H, W): (1, H, W)."""
-    return torch.add(x[0] * GRAY_WEIGHTS[0], x[1], alpha=GRAY_WEIGHTS[1]).add_(x[2], alpha=GRAY_WEIGHTS[2])[None]
+    return torch.add(x[0] * _W_RED, x[1], alpha=GRAY_WEIGHTS[1]).add_(x[2], alpha=GRAY_WEIGHTS[2])[None]
 
 
 # hue: the channel whose "anti-hue" (where it is the minimum) sits at 3, 5, 1 sextants for r, g, b
 _ANTI_HUE = torch.tensor([3.0, 5.0, 1.0]).view(3, 1, 1)
 _TINY = torch.finfo(torch.float32).tiny
+_ONE, _TWO, _THREE, _FOUR, _SIX, _SIXTH = (_c(v) for v in (1, 2, 3, 4, 6, 1 / 6))
 
 
-def hue(x: Tensor, f: float) -> Tensor:
+def hue(x: Tensor, f: float, shift: Tensor | None = None) -> Tensor:
     """``ops.adjust_hue`` on one image (3, H, W) in [0, 1], in place: the HSV rotation by f turns, branch-free.
 
     torchvision (``_rgb_to_hsv`` → shift → ``_hsv_to_rgb``) keeps v = max and v·s = d = max − min and moves the
@@ -48,40 +59,52 @@ def hue(x: Tensor, f: float) -> Tensor:
     the maximum their two formulas give the same h6, so the priority never changes a value); the wrap is
     h − 6·floor(h / 6); channel c is v − d·clamp(|3 − |h6 − a_c|| − 1, 0, 1), a_c its anti-hue (the
     piecewise hsv→rgb table in closed form). Within 1.2e-6 of torchvision on float input
-    (tests/blocks/test_augment_batched.py), 2-2.5x faster than the ``where`` form.
+    (tests/blocks/test_augment_batched.py), 2-2.5x faster than the ``where`` form. shift: 6·f as a float32
+    0-dim tensor when the caller has it (``jitter``), else computed from f.
     """
     maxc, minc = x.amax(0), x.amin(0)
     d = maxc - minc
     x.sub_(minc).div_(d.clamp(min=_TINY))  # grey pixels (d = 0): u = 0 and the result is v whatever h6
     ur, ug, ub = x
     is_r, is_g = x[:2].floor()  # 1 on a maximal channel, else 0
-    h6 = torch.sub(ur, ug).add_(4)  # b is the max: 4 + (r − g) / d
-    h6.lerp_(torch.sub(ub, ur).add_(2), is_g).lerp_(torch.sub(ug, ub), is_r)  # g, then r, take precedence
-    h6.add_(6 * f)
-    h6.sub_(torch.mul(h6, 1 / 6).floor_().mul_(6))  # into [0, 6)
-    k = torch.sub(h6, _ANTI_HUE).abs_().sub_(3).abs_().sub_(1).clamp_(0, 1)  # (3, H, W): 1 − the channel's u
+    h6 = torch.sub(ur, ug).add_(_FOUR)  # b is the max: 4 + (r − g) / d
+    h6.lerp_(torch.sub(ub, ur).add_(_TWO), is_g).lerp_(torch.sub(ug, ub), is_r)  # g, then r, take precedence
+    h6.add_(_c(6 * f) if shift is None else shift)
+    h6.sub_(torch.mul(h6, _SIXTH).floor_().mul_(_SIX))  # into [0, 6)
+    k = torch.sub(h6, _ANTI_HUE).abs_().sub_(_THREE).abs_().sub_(_ONE).clamp_(0, 1)  # (3, H, W): 1 − channel's u
     return torch.sub(maxc, k.mul_(d), out=x)
 
 
-def jitter(x: Tensor, factors: list[float], order: list[int]) -> Tensor:
-    """ColorJitter on one image in place, ops in ``order``, skipping identity factors (as ``ops.color_jitter``)."""
+def jitter(x: Tensor, factors: list[float], order: list[int], scalars: tuple[Tensor, ...] | None = None) -> Tensor:
+    """ColorJitter on one image in place, ops in ``order``, skipping identity factors (as ``ops.color_jitter``).
+
+    scalars: the factors as float32 0-dim tensors, with the hue's as 6·f (``jitter_scalars``); optional.
+    """
+    t = scalars or jitter_scalars(torch.tensor([factors], dtype=torch.float64))[0]
     for op in order:
         f = factors[op]
         if f == IDENTITY[op]:
             continue
         if op == BRIGHTNESS:
-            x.mul_(f)
+            x.mul_(t[BRIGHTNESS])
             if f > 1:  # x·f ≤ f ≤ 1 otherwise (rounding is monotone): the clamp would change nothing
                 x.clamp_(0, 1)
         elif op == CONTRAST:  # the mean of the luma image = the luma of the channel means (one reduction)
             m = sum(w * c for w, c in zip(GRAY_WEIGHTS, x.mean((1, 2)).tolist()))
-            x.mul_(f).add_(m * (1 - f)).clamp_(0, 1)
+            x.mul_(t[CONTRAST]).add_(m * (1 - f)).clamp_(0, 1)
         elif op == SATURATION:
             g = gray(x)
-            x.mul_(f).add_(g, alpha=1 - f).clamp_(0, 1)
+            x.mul_(t[SATURATION]).add_(g, alpha=1 - f).clamp_(0, 1)
         elif op == HUE:
-            hue(x, f)
+            hue(x, f, t[HUE])
     return x
+
+
+def jitter_scalars(factors: Tensor) -> list[tuple[Tensor, ...]]:
+    """(B, 4) float64 jitter factors → per image, 4 float32 0-dim tensors (brightness, contrast, saturation
+    factors and 6·hue), made in 2 + B calls for the whole batch instead of one conversion per op."""
+    shift = factors * torch.tensor([1.0, 1.0, 1.0, 6.0], dtype=torch.float64)  # 6·f rounded once, as 6 * f
+    return [row.unbind(0) for row in shift.to(torch.float32).unbind(0)]
 
 
 # Blur: below this side two dense matmuls (M @ x @ Mᵀ) beat the shifted multiply-adds (per-op overhead and
@@ -146,14 +169,15 @@ def apply_view_into(out: Tensor, images: Tensor, size: int, interpolation: str, 
     boxes, factors, orders = params.boxes.tolist(), params.jitter_factors.tolist(), params.jitter_order.tolist()
     flip, jit, grey = params.flip.tolist(), params.jitter_on.tolist(), params.gray.tolist()
     blur_on, sol = params.blur_on.tolist(), params.solarize.tolist()
+    scalars = jitter_scalars(params.jitter_factors) if any(jit) else None
     for i, (t, l, h, w) in enumerate(boxes):
         x = out[i]
         crop = images[i:i + 1, :, t:t + h, l:l + w]
         if (h, w) != (size, size):  # torch's uint8 AVX2 antialias kernel, as torchvision (bit-exact)
             crop = F.interpolate(crop, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
-        torch.mul(crop[0].flip(-1) if flip[i] else crop[0], 1 / 255, out=x)  # uint8 → [0, 1], one pass
+        torch.mul(crop[0].flip(-1) if flip[i] else crop[0], _ONE_255, out=x)  # uint8 → [0, 1], one pass
         if jit[i]:
-            jitter(x, factors[i], orders[i])
+            jitter(x, factors[i], orders[i], scalars[i])
         if grey[i]:
             x.copy_(gray(x).expand(3, -1, -1))
         if kernels is not None and blur_on[i]:
