@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from composer.blocks import registry
-from composer.blocks.augment_batched import ops, params, views
+from composer.blocks.augment_batched import incache, ops, params, views
 
 
 class B:  # one namespace for the functions under test, as the prototype's tests read them
@@ -362,3 +362,38 @@ def test_incache_cpu_path_equals_the_batched_kernels(kind, kw):
         a = views.run_views(x, [spec], gen(30), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop="incache")
         b = views.run_views(x, [spec], gen(30), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop="loop", chunk=4)
         assert (a - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("side", [40, 136])  # ≤ MATMUL_BLUR_MAX: two matmuls; above: shifted multiply-adds
+def test_incache_ops_equal_torchvision(side):
+    """The CPU path's own formulas, image by image, against v2.functional on float input: the branch-free hue
+    (grey pixels and channel ties included), the contrast mean from channel means, the blur (matmul, or shifted
+    adds without the taps below 2^-24), and solarize as min(x, 1 − x), which is exact."""
+    x8 = images(4, side, side, smooth=False)
+    x8[0, :, :8] = x8[0, :1, :8]  # grey rows: d = 0
+    x8[1, 1] = x8[1, 0]  # r = g everywhere: ties for the maximum
+    x8[2, 2, :, :side // 2] = x8[2, 0, :, :side // 2]  # r = b on half of the image
+    x = TF.to_dtype(x8, torch.float32, scale=True)
+    f = torch.rand(4, generator=gen(5), dtype=torch.float64) - 0.5
+    sigma = torch.tensor([0.1, 0.45, 1.2, 2.0], dtype=torch.float64)
+    for kernel in (13, 23):
+        k1 = ops.gaussian_kernels(sigma, kernel)
+        mats = incache.blur_matrices(k1, side) if side <= incache.MATMUL_BLUR_MAX else [None] * 4
+        for i in range(4):
+            blurred = incache.blur(x[i].clone(), k1[i], mats[i])
+            assert (blurred - TF.gaussian_blur(x[i], [kernel] * 2, [sigma[i].item()] * 2)).abs().max() < 1e-5
+    for i in range(4):
+        assert (incache.hue(x[i].clone(), f[i].item()) - TF.adjust_hue(x[i], f[i].item())).abs().max() < 1e-5
+        ref8 = TF.adjust_hue(x8[i], f[i].item()).float()
+        assert (incache.hue(x[i].clone(), f[i].item()) * 255 - ref8).abs().max() <= 2.0 + 1e-3
+        contrast = incache.jitter(x[i].clone(), [1.0, 1.7, 1.0, 0.0], [1, 0, 2, 3])
+        assert (contrast - TF.adjust_contrast(x[i], 1.7)).abs().max() < 1e-5
+    out = torch.empty(4, 3, side, side)
+    none = torch.zeros(4, dtype=torch.bool)
+    p = params.ViewParams(boxes=torch.tensor([[0, 0, side, side]] * 4), flip=none, jitter_on=none,
+                          jitter_factors=torch.zeros(4, 4, dtype=torch.float64),
+                          jitter_order=torch.arange(4).repeat(4, 1), gray=none, blur_on=none, sigma=sigma,
+                          solarize=torch.ones(4, dtype=torch.bool))
+    incache.apply_view_into(out, x8, side, "bilinear", 1, p, (0.0,) * 3, (1.0,) * 3)
+    assert torch.equal((out * 255).round().to(torch.uint8), TF.solarize(x8, 128))
+    assert torch.equal(out, torch.stack([TF.solarize(x[i], 0.5) for i in range(4)]))

@@ -2,7 +2,12 @@
 seeded per (seed, epoch, step, micro-batch, rank), so a resumed run draws the augmentations of an uninterrupted one."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
+from dist_helpers import spawn
 from train_helpers import DATA, MOCO, fast, final_model, losses
 
 import composer
@@ -46,6 +51,38 @@ def test_resume_continues_the_device_augmentation_stream(tmp_path):
                           atol=1e-6)
     a, b = final_model(resumed), final_model(reference)
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+
+
+def test_ranks_draw_different_augmentations():
+    """Per-rank seeding: rank 1's micro-batch is not rank 0's augmentation stream (same position, same images)."""
+    model = composer.build(composer.load(MOCO))
+    raw = {"image": torch.stack([open_dataset(DATA, "train")[i]["image"] for i in range(4)])}
+    a, b = (DeviceStage(model.data_stage, model.model_inputs, seed=3, rank=r)((0, 2, 0), raw) for r in (0, 1))
+    again = DeviceStage(model.data_stage, model.model_inputs, seed=3, rank=1)((0, 2, 0), raw)
+    assert torch.equal(b["x_q"], again["x_q"]) and not torch.equal(a["x_q"], b["x_q"])
+
+
+def _reference_then_resumed(rank: int, world_size: int, root: str) -> None:
+    """On every rank: the uninterrupted run (checkpoints every 3 steps), then a run resumed from its step 3."""
+    reference, overrides = Path(root) / "reference", {**OVERRIDES, "train.steps": 6}
+    train(composer.load(MOCO, overrides), fast(reference, ckpt_every=3, keep=3, augment="device"))
+    train(composer.load(MOCO, overrides), fast(Path(root) / "resumed", augment="device",
+                                               resume=str(checkpoint.path_for(reference, 3))))
+
+
+@pytest.mark.dist
+def test_resume_continues_the_device_augmentation_stream_on_two_processes(tmp_path):
+    """2 gloo processes (4 images each): resumed from step 3 (as after a kill), the run reproduces the
+    uninterrupted 2-process run's losses and final weights, so every rank redraws its own augmentations."""
+    spawn(_reference_then_resumed, 2, str(tmp_path))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert json.loads((resumed / "run.json").read_text())["world_size"] == 2
+    got, want = losses(resumed), losses(reference)
+    assert [s for s, _ in got] == [4, 5, 6] and [s for s, _ in want] == list(range(1, 7))
+    assert torch.allclose(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want[3:]]), rtol=1e-5,
+                          atol=1e-6)
+    a, b = final_model(resumed), final_model(reference)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
 
 
 def test_decode_on_the_device_matches_worker_decoding(tmp_path):
