@@ -29,8 +29,6 @@ class Queue(nn.Module):
         dim: C, the key dimension (MoCo: 128).
     """
 
-    batch_multiple = ("size",)  # ptc check: size % train.batch_size == 0
-
     def __init__(self, *, size: int = 65536, dim: int = 128):
         super().__init__()
         if size < 1 or dim < 1:

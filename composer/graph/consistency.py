@@ -69,8 +69,8 @@ def consistency_errors(spec: GraphSpec) -> list[GraphError]:
 
 def batch_multiple_errors(spec: GraphSpec) -> list[GraphError]:
     """A block's ``batch_multiple`` parameters (a queue's length) must be multiples of ``train.batch_size``, the
-    global batch, so every step writes whole batches (MoCo asserts K % batch == 0; SwAV rounds its queue length
-    down to a multiple of batch_size × world_size)."""
+    global batch, so every step writes whole batches (SwAV rounds its queue length down to a multiple of
+    batch_size × world_size; memory.fifo declares it)."""
     batch = (spec.train or {}).get("batch_size", 256)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         return []  # the train section reports it
