@@ -44,7 +44,7 @@ RULES = (
 
 
 def consistency_errors(spec: GraphSpec) -> list[GraphError]:
-    errors = []
+    errors = batch_multiple_errors(spec)
     g = dependency_graph(spec)
     calls: dict[str, list[str]] = {}
     for name, node in spec.nodes.items():
@@ -64,6 +64,27 @@ def consistency_errors(spec: GraphSpec) -> list[GraphError]:
                     f"{rule.param} {mine} of {consumer.kind} does not match {producer.kind} '{producer.name}' "
                     f"({rule.source} {theirs})", spec.loc(*where), node=consumer.name,
                     expected=f"{rule.param} {rule.relation} {theirs}: {rule.why}"))
+    return errors
+
+
+def batch_multiple_errors(spec: GraphSpec) -> list[GraphError]:
+    """A block's ``batch_multiple`` parameters (a queue's length) must be multiples of ``train.batch_size``, the
+    global batch, so every step writes whole batches (SwAV rounds its queue length down to a multiple of
+    batch_size × world_size; memory.fifo declares it)."""
+    batch = (spec.train or {}).get("batch_size", 256)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        return []  # the train section reports it
+    errors = []
+    for block in spec.blocks.values():
+        for name in getattr(block.info.cls, "batch_multiple", ()):
+            value = _value(block, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value % batch:
+                down = value - value % batch
+                errors.append(GraphError(
+                    f"parameter {name!r} of {block.kind}: {value} is not a multiple of train.batch_size {batch}",
+                    spec.loc("blocks", block.name, name) if name in block.params else spec.loc("blocks", block.name),
+                    node=block.name, expected=f"a multiple of the global batch {batch}"
+                                              + (f", e.g. {down} (rounded down)" if down else "")))
     return errors
 
 

@@ -89,8 +89,11 @@ class ComposedModel(nn.Module):
             module.update(step, **output.updates.get(name, {}))
 
     def bind_schedules(self, total_steps: int, steps_per_epoch: int) -> None:
-        """Give every ``Schedule`` held by a block the run's length (needed by cosine and linear curves)."""
+        """Give every ``Schedule`` held by a block the run's length (needed by cosine and linear curves), and
+        every block with a ``bind_run(total_steps, steps_per_epoch)`` method (a memory that starts at an epoch)."""
         for module in list(self.modules()) + list(self.data_stage.modules()):
+            if hasattr(module, "bind_run"):
+                module.bind_run(total_steps, steps_per_epoch)
             for value in vars(module).values():
                 if isinstance(value, Schedule):
                     value.bind(total_steps, steps_per_epoch)

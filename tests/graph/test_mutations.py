@@ -116,26 +116,41 @@ def _harmless(path: Path, mutant: Mutant, target: str) -> str | None:
 
 
 def _gradient_free_sg(path: Path, target: str) -> str | None:
-    """A removed ``!sg`` is harmless when the value it stopped depends on no trainable parameter (e.g. ids of a
-    frozen tokenizer): the gradient it would carry has nowhere to go."""
+    """A removed ``!sg`` is harmless when, in the graph and in each of its variants, the value it stopped depends
+    on no trainable parameter (e.g. ids of a frozen tokenizer), or the value it fed reaches no objective (the
+    input of a state update, or a value computed only for one): the gradient it would carry has nowhere to go."""
+    variants = [None, *(composer.load(path).data.get("variants") or {})]
+    reasons = [_gradient_free_in(path, target, v) for v in variants]
+    if any(r is None for r in reasons):
+        return None
+    return "; ".join(r for r in reasons if r) or None
+
+
+def _gradient_free_in(path: Path, target: str, variant: str | None) -> str | None:
+    """``_gradient_free_sg`` for one variant: "" when nothing was freed there, None when not shown harmless."""
     import networkx as nx
 
     from composer.graph.compile import build_blocks, dependency_graph
-    before, after = composer.load(path), composer.load(target)
+    before, after = composer.load(path, variant=variant), composer.load(target, variant=variant)
     def edges(spec):  # node inputs and state-update inputs
         out = {(n.name, port): e for n in spec.nodes.values() for port, e in n.inputs.items()}
         out.update({("update", b, port): e for b, ports in spec.updates.items() for port, e in ports.items()})
         return out
 
-    freed = [e.src for key, e in edges(after).items() if key in edges(before) and edges(before)[key].sg and not e.sg]
+    freed = [(key, e.src) for key, e in edges(after).items()
+             if key in edges(before) and edges(before)[key].sg and not e.sg]
+    if not freed:
+        return ""
     modules = build_blocks(after, "meta")
     trainable = {b for b, m in modules.items() if any(p.requires_grad for p in m.parameters())}
     g = dependency_graph(after)
-    for src in freed:
+    for key, src in freed:
         upstream = nx.ancestors(g, src) | {src}
-        if any(after.nodes[n].kind == "call" and after.nodes[n].block in trainable for n in upstream):
+        reaches = key[0] != "update" and any(key[0] == t or nx.has_path(g, key[0], t) for t in after.objective)
+        if reaches and any(after.nodes[n].kind == "call" and after.nodes[n].block in trainable for n in upstream):
             return None
-    return f"the values {freed} depend on no trainable parameter" if freed else None
+    return f"{variant or 'graph'}: the values {[src for _, src in freed]} depend on no trainable parameter or " \
+           "reach no objective"
 
 
 def _verify(path: Path, mutant: Mutant, tmp_path: Path) -> None:

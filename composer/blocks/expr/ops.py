@@ -88,6 +88,15 @@ def clamp(x, min=None, max=None):  # noqa: A002
     return torch.clamp(x, min=min, max=max)
 
 
+@op("elementwise")
+def where(condition, a, b):
+    """a where condition is true (non-zero), else b, broadcast: a switch that stays inside one compiled graph,
+    e.g. where(full, codes with a memory, codes without) on a memory.fifo's full flag"""
+    if not isinstance(condition, torch.Tensor):
+        return a if condition else b
+    return torch.where(condition if condition.dtype == torch.bool else condition != 0, a, b)
+
+
 # -- reductions ----------------------------------------------------------------------------------
 @op("reduction", "sum")
 def sum_(x, dim=None, keepdim=False):
