@@ -45,12 +45,17 @@ def test_resume_continues_the_device_augmentation_stream(tmp_path):
     resumed = tmp_path / "resumed"
     train(composer.load(MOCO, OVERRIDES), fast(resumed, resume=str(checkpoint.path_for(reference, 4)),
                                                augment="device"))
+    assert [s for s, _ in losses(resumed)] == list(range(5, 13))
+    _assert_continues(resumed, reference, resumed_from=4)
+
+
+def _assert_continues(resumed, reference, resumed_from: int) -> None:
+    """The resumed run's losses are the reference run's after step ``resumed_from``; the final weights agree."""
     got, want = losses(resumed), losses(reference)
-    assert [s for s, _ in got] == list(range(5, 13))
-    assert torch.allclose(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want[4:]]), rtol=1e-5,
-                          atol=1e-6)
+    assert torch.allclose(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want[resumed_from:]]),
+                          rtol=1e-5, atol=1e-6)
     a, b = final_model(resumed), final_model(reference)
-    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
 
 
 def test_ranks_draw_different_augmentations():
@@ -77,12 +82,8 @@ def test_resume_continues_the_device_augmentation_stream_on_two_processes(tmp_pa
     spawn(_reference_then_resumed, 2, str(tmp_path))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert json.loads((resumed / "run.json").read_text())["world_size"] == 2
-    got, want = losses(resumed), losses(reference)
-    assert [s for s, _ in got] == [4, 5, 6] and [s for s, _ in want] == list(range(1, 7))
-    assert torch.allclose(torch.tensor([v for _, v in got]), torch.tensor([v for _, v in want[3:]]), rtol=1e-5,
-                          atol=1e-6)
-    a, b = final_model(resumed), final_model(reference)
-    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+    assert [s for s, _ in losses(resumed)] == [4, 5, 6] and [s for s, _ in losses(reference)] == list(range(1, 7))
+    _assert_continues(resumed, reference, resumed_from=3)
 
 
 def test_decode_on_the_device_matches_worker_decoding(tmp_path):
