@@ -91,14 +91,17 @@ def summary(rows: list[tuple[int, float, float | None]]) -> list[str]:
         tail = f"  {trained:7.4f}  {trained - init:+7.4f}" if trained is not None else ""
         lines.append(f"{seed:>4}  {init:7.4f}{tail}")
     inits = [r[1] for r in rows]
-    lines.append(f"init: mean {statistics.fmean(inits):.4f}, sd {_sd(inits):.4f} over {len(inits)} seeds")
+    lines.append(f"init: mean {statistics.fmean(inits):.4f}" + (f", sd {_sd(inits):.4f}" if len(inits) > 1 else "")
+                 + f" over {len(inits)} seed{'s' if len(inits) > 1 else ''}")
     done = [r for r in rows if r[2] is not None]
     if done:
         diffs = [t - i for _, i, t in done]
-        se = _sd(diffs) / math.sqrt(len(diffs))
-        lines.append(f"trained: mean {statistics.fmean(t for *_, t in done):.4f}; trained - init: mean "
-                     f"{statistics.fmean(diffs):+.4f}, standard error {se:.4f}"
-                     + (f" ({statistics.fmean(diffs) / se:+.1f} SE)" if se > 0 else ""))
+        line = (f"trained: mean {statistics.fmean(t for *_, t in done):.4f}; trained - init: mean "
+                f"{statistics.fmean(diffs):+.4f}")
+        if len(diffs) > 1:  # a standard error needs two seeds
+            se = _sd(diffs) / math.sqrt(len(diffs))
+            line += f", standard error {se:.4f}" + (f" ({statistics.fmean(diffs) / se:+.1f} SE)" if se > 0 else "")
+        lines.append(line)
     return lines
 
 
