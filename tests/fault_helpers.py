@@ -52,3 +52,18 @@ def one_error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith(("warning:", "note:"))]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def replace_member(shard: Path, name: str, data: bytes) -> None:
+    """Rewrite the tar ``shard`` with member ``name``'s content replaced by ``data`` (a damaged sample that the
+    tar format itself still reads), every other member kept byte for byte."""
+    import io
+    import os
+    import tarfile
+    rewritten = shard.with_name(shard.name + ".rewrite")
+    with tarfile.open(shard) as src, tarfile.open(rewritten, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for m in src.getmembers():
+            content = data if m.name == name else src.extractfile(m).read()
+            m.size = len(content)
+            dst.addfile(m, io.BytesIO(content))
+    os.replace(rewritten, shard)

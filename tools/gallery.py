@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's composer, not an installed one (an editable install of another)
 GRAPHS, OUT = ROOT / "graphs", ROOT / "docs" / "gallery"
 DIFFS = [("moco_v1", "moco_v2"), ("moco_v2", "moco_v3"), ("mae", "ijepa"), ("clip", "siglip"), ("dino", "ibot")]
 EXPLAINER = ["composer/draw/explain.py", "composer/draw/equations.py", "composer/draw/measure.py", "composer/draw/render.py",

@@ -240,12 +240,21 @@ class _Padded:
 
 
 class RepeatedViews(Augment):
-    """A recipe with one pipeline drawn ``views`` times: ``(B, 3, S, S)`` for one view, else ``(V, B, 3, S, S)``."""
+    """A recipe with one pipeline drawn ``views`` times: ``(B, 3, S, S)`` for one view, else ``(V, B, 3, S, S)``.
 
-    def _setup(self, size: int, views: int, pipeline: list[nn.Module]) -> None:
-        self.size = size
-        self.views = views
-        self.pipeline = v2.Compose(pipeline)
+    ``__init__`` checks what every such recipe has (``size``, ``views``, ``mean``, ``std``); the recipe then sets
+    ``self.pipeline``, most of them starting with :meth:`_crop`.
+    """
+
+    def __init__(self, *, size: int, views: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__(mean=mean, std=std)
+        self.size = self._check_size("size", size)
+        self.views = self._check_count("views", views, 1)
+
+    def _crop(self, scale: Sequence[float], interpolation: v2.InterpolationMode) -> v2.RandomResizedCrop:
+        """RandomResizedCrop(size, ``scale``, ratio 3/4–4/3, ``interpolation``), ``scale`` checked."""
+        return v2.RandomResizedCrop(self.size, scale=self._check_scale("scale", scale), ratio=RATIO,
+                                    interpolation=interpolation)
 
     def forward(self, image: Tensor | list[Tensor]) -> Tensor:
         out = self._views([self.pipeline] * self.views, self._samples(image), self.size)
@@ -279,17 +288,16 @@ class SimCLRAugment(RepeatedViews):
     def __init__(self, *, size: int = 224, views: int = 2, scale: tuple[float, float] = (0.08, 1.0),
                  strength: float = 1.0, blur_prob: float = 0.5,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
+        super().__init__(size=size, views=views, mean=mean, std=std)
         if not 0.0 <= strength <= 2.5:  # hue = 0.2·s must stay within ColorJitter's [0, 0.5]
             raise self._error(f"strength must lie in [0, 2.5] (hue 0.2·s <= 0.5), got {strength!r}")
         s = float(strength)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BICUBIC),
+        self.pipeline = v2.Compose([
+            self._crop(scale, BICUBIC),
             v2.RandomHorizontalFlip(),
             colour_jitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8),
             v2.RandomGrayscale(p=0.2),
-            blur(simclr_blur_kernel(size), self._check_prob("blur_prob", blur_prob)),
+            blur(simclr_blur_kernel(self.size), self._check_prob("blur_prob", blur_prob)),
         ])
 
 
@@ -315,10 +323,9 @@ class MoCoV1Augment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, views: int = 1, scale: tuple[float, float] = (0.2, 1.0),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BILINEAR),
+        super().__init__(size=size, views=views, mean=mean, std=std)
+        self.pipeline = v2.Compose([
+            self._crop(scale, BILINEAR),
             v2.RandomGrayscale(p=0.2),
             v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
             v2.RandomHorizontalFlip(),
@@ -348,12 +355,11 @@ class MoCoV2Augment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, views: int = 1, scale: tuple[float, float] = (0.2, 1.0),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BILINEAR),
+        super().__init__(size=size, views=views, mean=mean, std=std)
+        self.pipeline = v2.Compose([
+            self._crop(scale, BILINEAR),
             colour_jitter(0.4, 0.4, 0.4, 0.1, p=0.8),
             v2.RandomGrayscale(p=0.2),
-            blur(pil_blur_kernel(BLUR_SIGMA[1], size), p=0.5),
+            blur(pil_blur_kernel(BLUR_SIGMA[1], self.size), p=0.5),
             v2.RandomHorizontalFlip(),
         ])

@@ -225,12 +225,8 @@ class MAEAugment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, views: int = 1, scale: tuple[float, float] = (0.2, 1.0),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BICUBIC),
-            v2.RandomHorizontalFlip(),
-        ])
+        super().__init__(size=size, views=views, mean=mean, std=std)
+        self.pipeline = v2.Compose([self._crop(scale, BICUBIC), v2.RandomHorizontalFlip()])
 
 
 @block("augment.ijepa")
@@ -254,11 +250,8 @@ class IJepaAugment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, views: int = 1, scale: tuple[float, float] = (0.3, 1.0),
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BILINEAR),
-        ])
+        super().__init__(size=size, views=views, mean=mean, std=std)
+        self.pipeline = v2.Compose([self._crop(scale, BILINEAR)])
 
 
 @block("augment.clip")
@@ -281,11 +274,8 @@ class ClipAugment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, views: int = 1, scale: tuple[float, float] = (0.9, 1.0),
                  mean: tuple[float, float, float] = CLIP_MEAN, std: tuple[float, float, float] = CLIP_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
-        self._setup(size, self._check_count("views", views, 1), [
-            v2.RandomResizedCrop(size, scale=self._check_scale("scale", scale), ratio=RATIO, interpolation=BICUBIC),
-        ])
+        super().__init__(size=size, views=views, mean=mean, std=std)
+        self.pipeline = v2.Compose([self._crop(scale, BICUBIC)])
 
 
 @block("augment.resize")
@@ -309,10 +299,10 @@ class ResizeAugment(RepeatedViews):
 
     def __init__(self, *, size: int = 224, crop_fraction: float = 0.875,
                  mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD):
-        super().__init__(mean=mean, std=std)
-        size = self._check_size("size", size)
+        super().__init__(size=size, views=1, mean=mean, std=std)
         if not 0.0 < crop_fraction <= 1.0:
             raise self._error(f"crop_fraction must lie in (0, 1], got {crop_fraction!r}")
         # floor like timm's scale_size; the epsilon keeps 224 / 0.875 at 256 despite float error.
-        resize_to = math.floor(size / crop_fraction + 1e-6)
-        self._setup(size, 1, [v2.Resize(resize_to, interpolation=BICUBIC, antialias=True), v2.CenterCrop(size)])
+        resize_to = math.floor(self.size / crop_fraction + 1e-6)
+        self.pipeline = v2.Compose([v2.Resize(resize_to, interpolation=BICUBIC, antialias=True),
+                                    v2.CenterCrop(self.size)])

@@ -54,7 +54,7 @@ def pseudocode(spec: GraphSpec, shapes, counts: dict | None = None) -> list[str]
             lines.append((f"{name}.params = {bs.source}.params", "EMA teacher: starts as a copy, never gets gradient"))
     inputs = ", ".join(spec.inputs)
     lines.append((f"for step, {'(' + inputs + ')' if len(spec.inputs) > 1 else inputs} in enumerate(loader):",
-                  "a minibatch of N samples per process"))
+                  "this process's N samples; W·N over all processes"))
     data = [n for n in execution_order(spec, [n for n in spec.nodes if spec.nodes[n].stage == "data"])
             if spec.nodes[n].kind != "input"]
     model = execution_order(spec, [n for n in spec.nodes if spec.nodes[n].stage == "model"])
@@ -126,10 +126,13 @@ def _align(lines: list[tuple[str, str]]) -> list[str]:
 
 # -- tables --------------------------------------------------------------------------------------------------------
 def _sizes(spec: GraphSpec, shapes, n: int) -> list[tuple]:
-    rows = [("N", str(n), "samples per process in one step (train.batch_size)")]
+    # The shapes are one process's (gathers read W·N), the values those of a single process (W = 1) with
+    # accumulate 1, whose N is the whole train.batch_size: the global batch per optimizer step.
+    rows = [("N", str(n), "samples one process holds in a forward, train.batch_size / (W·accumulate); "
+                          "values shown for W = 1, accumulate 1")]
     for s in shapes.symbols.values():
         rows.append((s.name, str(s.value), f"{s.doc} ({s.where})"))
-    rows.append(("W", "—", "number of processes (W·N is the global batch)"))
+    rows.append(("W", "—", "number of processes; W·N is the global batch (train.batch_size) when accumulate is 1"))
     if shapes.varies:
         rows.append(("d*", "—", "a size that changes from batch to batch (its value on an example batch)"))
     return rows
@@ -182,7 +185,9 @@ def _n(x: int) -> str:
 
 
 def _cost(cost) -> list[str]:
-    where = (f"at N = {cost.batch} samples per process, counted on the meta device (shapes only, nothing allocated)"
+    where = (f"at N = {cost.batch} = train.batch_size, the whole global batch in one process (W = 1; W processes "
+             f"share this work, each running train.batch_size / W samples), counted on the meta device (shapes only, "
+             f"nothing allocated)"
              if cost.where == "meta" else
              f"at the example batch N = {cost.batch}, counted on the CPU (a block has no meta kernel)")
     return [f"forward: {_flop(cost.forward)}", f"backward: {_flop(cost.backward)}", f"step: {_flop(cost.step)}",

@@ -1,17 +1,18 @@
 """Sizes for diagrams and handouts: symbolic tensor shapes, parameter counts per block, FLOPs per step.
 
 Shapes are read from two dry runs (``composer.graph.shapes.dry_run``) on example batches of 2 and 3 samples: a
-dimension that grows from 2a to 3a is ``aN`` (N = samples per process), one that stays is a constant. A
-constant that equals an integer block parameter whose documentation names a symbol (``size: K, the number of
-keys``; ``dim: K, the output dimension``; ``local_crops: number of local crops V``) is written with that symbol,
-so MoCo's negative logits read ``N x K`` as in the paper's Algorithm 1; an encoder's output width is ``D``.
-A dimension that changes between the two runs in another way (I-JEPA's random block sizes) is written with a
-trailing ``*``.
+dimension that grows from 2a to 3a is ``aN`` (N: the samples one process holds in one forward), one that stays
+is a constant. A constant that equals an integer block parameter whose documentation names a symbol (``size: K,
+the number of keys``; ``dim: K, the output dimension``; ``local_crops: number of local crops V``) is written with
+that symbol, so MoCo's negative logits read ``N x K`` as in the paper's Algorithm 1; an encoder's output width is
+``D``. A dimension that changes between the two runs in another way (I-JEPA's random block sizes) is written
+with a trailing ``*``.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward and one backward of the model
-stage at the graph's own batch size (``train.batch_size``), on the ``meta`` device, where no weight or
-activation is allocated; if a block cannot run on ``meta`` the count falls back to the example batch on the CPU,
-and ``Flops.where`` says which. The data stage (augmentations, maskers) is not counted.
+stage at the graph's own batch size (``train.batch_size``, the global batch, all in one process), on the
+``meta`` device, where no weight or activation is allocated; if a block cannot run on ``meta`` the count falls
+back to the example batch on the CPU, and ``Flops.where`` says which. The data stage (augmentations, maskers) is
+not counted.
 """
 from __future__ import annotations
 
@@ -243,7 +244,11 @@ def batch_size(spec: GraphSpec) -> int:
 
 
 def count_flops(spec: GraphSpec, batch: int | None = None, runs: list[dict] | None = None) -> Flops:
-    """FLOPs of one training step (forward + backward of the model stage) at ``batch`` samples per process."""
+    """FLOPs of one training step (forward + backward of the model stage) on ``batch`` samples in one process.
+
+    The default ``batch`` is ``train.batch_size``, the global batch: the count is that of the whole step run by a
+    single process; W processes share it, each running ``batch / W`` samples.
+    """
     from composer.graph.compile import assign_stages, build_blocks, build_stage
     assign_stages(spec)
     n = batch_size(spec) if batch is None else batch

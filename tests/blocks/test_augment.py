@@ -22,15 +22,7 @@ from composer.blocks.augment import (
 
 KINDS = ["simclr", "moco_v1", "moco_v2", "moco_v3", "dino", "mae", "ijepa", "beit", "clip", "resize"]
 RANDOM_KINDS = [k for k in KINDS if k != "resize"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # DataLoader workers run with one intra-op thread; on tiny images more threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as in DataLoader workers (tests/conftest.py)
 
 
 def make(kind, **kw):

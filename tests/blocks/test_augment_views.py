@@ -13,13 +13,7 @@ import torch
 
 from composer.blocks import registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as in DataLoader workers (tests/conftest.py)
 
 
 def make(kind, **kw):

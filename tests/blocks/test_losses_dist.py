@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import spawn
 from torch import nn
 
 from composer.blocks.losses.clip import CLIPLoss
@@ -106,10 +105,8 @@ def _worker(rank: int, world: int, out: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist_losses")
-    spawn(_worker, WORLD, str(out))
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+def two_process_results(two_process_runs):  # two_process_runs (tests/conftest.py) runs _worker once
+    return [torch.load(two_process_runs / f"rank{r}.pt") for r in range(WORLD)]
 
 
 @pytest.mark.dist

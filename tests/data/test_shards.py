@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from fault_helpers import replace_member
 from PIL import Image
 
 from composer.data.shapes import ShapesDataset
@@ -78,13 +78,7 @@ def test_damage_is_skipped_with_a_warning_and_counted(shards, source):
     with tarfile.open(shards[4]) as tar:
         last = tar.getmembers()[-1]
     _cut(shards[4], last.offset_data + -(-last.size // 512) * 512)
-    bad = shards[3].parent / "bad.tar"
-    with tarfile.open(shards[3]) as src, tarfile.open(bad, "w", format=tarfile.USTAR_FORMAT) as dst:
-        for m in src.getmembers():
-            data = b"not a png at all" if m.name == "000000031.png" else src.extractfile(m).read()
-            m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
-    os.replace(bad, shards[3])
+    replace_member(shards[3], "000000031.png", b"not a png at all")
 
     with pytest.warns(UserWarning, match="wds: skipped") as caught:
         data = ShardDataset(pattern_of(shards))

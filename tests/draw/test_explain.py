@@ -99,7 +99,7 @@ def test_dino_handout_gives_equations_and_every_size(dino_text):
     for name, (symbolic, at_n) in expected.items():
         assert re.search(rf"^{re.escape(name)}\s+\S+\s+{re.escape(symbolic)}\s+{re.escape(at_n)}\s", variables,
                          re.M), name
-    assert "forward" in text and "at N = 8 samples per process, counted on the meta device" in text
+    assert "forward" in text and "at N = 8 = train.batch_size, the whole global batch in one process" in text
 
 
 def test_markdown_and_cli(capsys):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dist_helpers import sgd_record, spawn
+from schedule_helpers import dino_cosine_scheduler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -24,7 +25,12 @@ from composer.blocks.expr.block import ExpressionLoss
 from composer.blocks.masking import BlockwiseMasking
 from composer.graph.shapes import example_batch
 from composer.graph.train_section import parse_train
-from composer.train.optim import build_optimizer, clip_gradients, freeze_gradients, set_hyperparameters
+from composer.train.optim import (
+    build_optimizer,
+    clip_gradients,
+    freeze_gradients,
+    set_hyperparameters,
+)
 
 GRAPH = "graphs/ibot.yaml"
 STUDENT_TEMP = 0.1
@@ -65,15 +71,6 @@ def official_update_center(center, center2, t_cls, t_patch, momentum=0.9):
     cls_center = torch.sum(t_cls, dim=0, keepdim=True) / len(t_cls)
     patch_center = torch.sum(t_patch.mean(1), dim=0, keepdim=True) / len(t_patch)
     return center * momentum + cls_center * (1 - momentum), center2 * momentum + patch_center * (1 - momentum)
-
-
-def cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
-    """bytedance/ibot · utils.py · cosine_scheduler (DINO's)."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base, warmup_iters)
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
-    return np.concatenate((warmup, schedule))
 
 
 def _expr_of_graph() -> ExpressionLoss:
@@ -194,7 +191,7 @@ def test_both_teachers_follow_the_official_cosine_momentum_step_by_step():
     model = _build()
     epochs, ipe = 3, 4
     model.bind_schedules(epochs * ipe, ipe)
-    momenta = cosine_scheduler(0.996, 1, epochs, ipe)
+    momenta = dino_cosine_scheduler(0.996, 1, epochs, ipe)
     for teacher in (model.teacher_encoder, model.teacher_head):
         ref = [p.detach().clone() for p in teacher.module.parameters()]
         for step in range(epochs * ipe):
@@ -214,11 +211,11 @@ def test_one_optimizer_step_equals_the_official_groups_schedules_clip_and_freeze
     tensor, cancel_gradients_last_layer during epoch 0; checked at an iteration in epoch 0 and one after."""
     cfg = parse_train(composer.load(GRAPH))               # the full recipe's train section ...
     epochs, ipe = 100, 2
-    lr_s = cosine_scheduler(0.0005 * 1024 / 256, 1e-6, epochs, ipe, warmup_epochs=10)
+    lr_s = dino_cosine_scheduler(0.0005 * 1024 / 256, 1e-6, epochs, ipe, warmup_epochs=10)
     # known deviation: lr_scaling multiplies the whole schedule, so the floor is 1e-6·1024/256, not 1e-6
-    lr_floor_scaled = cosine_scheduler(0.0005 * 1024 / 256, 1e-6 * 1024 / 256, epochs, ipe, warmup_epochs=10)
+    lr_floor_scaled = dino_cosine_scheduler(0.0005 * 1024 / 256, 1e-6 * 1024 / 256, epochs, ipe, warmup_epochs=10)
     assert np.abs(lr_floor_scaled - lr_s).max() <= 3e-6
-    wd_s = cosine_scheduler(0.04, 0.4, epochs, ipe)
+    wd_s = dino_cosine_scheduler(0.04, 0.4, epochs, ipe)
     lr_sched, wd_sched = cfg.lr.bind(epochs * ipe, ipe), cfg.weight_decay.bind(epochs * ipe, ipe)
     for it in (1, 57):
         model = _build()                                   # ... on the tiny networks

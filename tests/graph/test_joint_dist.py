@@ -22,7 +22,7 @@ import copy
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import sgd_record, spawn
+from dist_helpers import sgd_record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -138,13 +138,6 @@ def _worker(rank: int, world_size: int, out_dir: str) -> None:
         model = _build(case)
         torch.save(_gradient_steps(model, _ddp(model), rank, eval_mode), f"{out_dir}/{name}-rank{rank}.pt")
     torch.save(_check_moco_v2_queue_and_shuffle_bn(rank), f"{out_dir}/moco_v2-rank{rank}.pt")
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("joint_dist")
-    spawn(_worker, WORLD, str(out))
-    return out
 
 
 def _compare(name: str, case, eval_mode: bool, out_dir) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from schedule_helpers import dino_cosine_scheduler
 
 import composer
 from composer.blocks.registry import get
@@ -24,15 +24,6 @@ def _build(name: str, overrides=None):
     model = composer.build(composer.load(GRAPHS / name, overrides, "tiny"), check=False)
     model.bind_schedules(TOTAL, IPE)
     return model
-
-
-def dino_cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0):
-    """facebookresearch/dino · utils.py · cosine_scheduler, as the official code computes it."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base, warmup_iters)
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
-    return np.concatenate((warmup, schedule))
 
 
 def moco_v3_momentum(epoch_fraction, epochs, m0):

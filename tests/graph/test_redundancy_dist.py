@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as tdist
-from dist_helpers import sgd_record, spawn
+from dist_helpers import sgd_record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -124,13 +124,6 @@ def _worker(rank: int, world_size: int, out_dir: str) -> None:
         model = _build(case)
         torch.save(_steps(model, DDP(model, broadcast_buffers=False), rank), f"{out_dir}/{name}-rank{rank}.pt")
     torch.save(_loss_checks(rank, world_size), f"{out_dir}/losses-rank{rank}.pt")
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("redundancy_dist")
-    spawn(_worker, WORLD, str(out))
-    return out
 
 
 @pytest.mark.dist

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_helpers import sgd_record, spawn
+from dist_helpers import sgd_record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -47,13 +47,6 @@ def _worker(rank: int, world_size: int, out_dir: str) -> None:
     for name in CASES:
         model = _build(name)
         torch.save(_record(model, DDP(model, broadcast_buffers=False), rank), f"{out_dir}/{name}-rank{rank}.pt")
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("siamese_dist")
-    spawn(_worker, WORLD, str(out))
-    return out
 
 
 @pytest.mark.dist

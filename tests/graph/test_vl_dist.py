@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from dist_helpers import sgd_record, spawn
+from dist_helpers import sgd_record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import composer
@@ -109,13 +109,6 @@ def _worker(rank: int, world_size: int, out_dir: str) -> None:
         model = _build(name)
         ddp = DDP(model, broadcast_buffers=False)
         torch.save(_gradient_steps(model, ddp, rank), f"{out_dir}/{name}-rank{rank}.pt")
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vl_dist")
-    spawn(_worker, WORLD, str(out))
-    return out
 
 
 def _row_losses(name: str, img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):

@@ -2,8 +2,6 @@
 workers, the same samples after a SIGKILL and a resume, and damaged shards survived."""
 from __future__ import annotations
 
-import io
-import os
 import tarfile
 import warnings
 from collections import Counter
@@ -13,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from dist_helpers import spawn
+from fault_helpers import replace_member
 from train_helpers import MOCO, kill_during_run, losses, ptc
 
 from composer.data.shapes import ShapesDataset
@@ -30,13 +29,7 @@ def _damaged_shards(folder: Path) -> tuple[str, list[int], dict[int, int]]:
     with tarfile.open(paths[2]) as tar:
         cut = next(m for m in tar.getmembers() if m.name.startswith("000000024."))
     paths[2].write_bytes(paths[2].read_bytes()[:cut.offset_data + 10])
-    junk = folder / "junk.tar"
-    with tarfile.open(paths[5]) as src, tarfile.open(junk, "w", format=tarfile.USTAR_FORMAT) as dst:
-        for m in src.getmembers():
-            data = b"\x89PNG broken" if m.name == "000000051.png" else src.extractfile(m).read()
-            m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
-    os.replace(junk, paths[5])
+    replace_member(paths[5], "000000051.png", b"\x89PNG broken")
     kept = [*range(24), *range(30, N)]
     return pattern_of(paths), kept, {51: 52}
 
