@@ -141,9 +141,11 @@ def test_two_processes_give_the_gradients_of_one_on_the_global_batch(two_process
             assert grad.abs().sum() > 0, f"{name}: {param} got no gradient, the comparison would be vacuous"
             for r in ranks:
                 # relative to the gradient's norm, floored at 1: float32 sums run in another order on 2 processes,
-                # and a few gradients are ~0 (Barlow Twins' standardize removes a shift that reaches z linearly)
+                # and a few gradients are ~0 (Barlow Twins' standardize removes a shift that reaches z linearly);
+                # with one intra-op thread Barlow Twins reaches 1.1e-4 by the last step; the mistakes this test is
+                # after (statistics of one process's rows, see the module docstring) are errors of order 1/W
                 err = (r[step]["grads"][param] - grad).norm() / max(grad.norm(), 1.0)
-                assert err < 1e-4, f"{name} step {step}: {param}: error {err:.2e}"
+                assert err < 5e-4, f"{name} step {step}: {param}: error {err:.2e}"
     for key, value in reference[-1]["state"].items():
         for r in ranks:
             assert torch.allclose(r[-1]["state"][key].float(), value.float(), atol=1e-5), f"{name}: {key}"
