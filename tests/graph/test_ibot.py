@@ -149,7 +149,7 @@ def test_the_built_graph_computes_the_official_loss_from_its_own_values():
     out = model(model.data_stage(example_batch(spec, n=5)))
     v = out.values
     m = v["masks"].mask
-    assert m.shape == (2, 5, 16) and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert m.shape == (2, 5, 64) and set(m.unique().tolist()) <= {0.0, 1.0}
     expected = official_ibot_loss(v["s"][:, :, 0], v["s_local"], v["s"][:, :, 1:], v["t"][:, :, 0], v["t"][:, :, 1:],
                                   m, c, c2, 0.04, 0.04)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
@@ -352,8 +352,10 @@ def test_masked_vit_replaces_patch_embeddings_before_the_position_embedding():
 # ------------------------------------------------------------------------------ two processes against one
 
 WORLD, N, STEPS = 2, 4, 2
-DIST = {"blocks.encoder.model_args": "{img_size: 32, patch_size: 8, depth: 1, drop_path_rate: 0.0}",
-        "blocks.head.out_dim": 32, "blocks.head.hidden_dim": 32, "blocks.head.bottleneck_dim": 16,
+DIST = {"blocks.aug.global_size": 32, "blocks.aug.local_size": 16,
+        "blocks.encoder.model_args": "{img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2, "
+                                     "drop_path_rate: 0.0}",
+        "blocks.head.in_dim": 64, "blocks.head.out_dim": 32, "blocks.head.hidden_dim": 32, "blocks.head.bottleneck_dim": 16,
         "blocks.center.dim": 32, "blocks.center2.dim": 32}
 
 
