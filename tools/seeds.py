@@ -19,7 +19,6 @@ random-init figure alone.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -28,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import composer  # noqa: E402
+import composer
+from composer.train.runlog import read_metrics
 
 
 def parse_seeds(text: list[str]) -> list[int]:
@@ -48,21 +48,12 @@ def init_figure(graph: str, variant: str | None, overrides: list[str], seed: int
     spec = composer.load(graph, overrides or None, variant)
     launch.seed_all(seed)
     model = composer.build(spec, check=False)
-    named = spec.data.get("data")  # the graph's own data spec, as ptc train reads it
-    data = data or (named if isinstance(named, str) else None) or "shapes"
-    return embed.run(model, embed.ProbeData.open(data, n_train, n_val), "knn")
+    return embed.run(model, embed.ProbeData.open(data or spec.data_spec or "shapes", n_train, n_val), "knn")
 
 
 def trained_figures(run_dir: Path) -> tuple[float, float, int] | None:
     """(init, trained, last step) from a finished run's ``metrics.jsonl``; None when the run did not finish."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    probes = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if "probe/knn" in row:
-            probes[row["step"]] = row["probe/knn"]
+    probes = {row["step"]: row["probe/knn"] for row in read_metrics(run_dir) if "probe/knn" in row}
     if 0 not in probes or len(probes) < 2:  # the last probe runs after the last step only
         return None
     last = max(probes)

@@ -80,6 +80,12 @@ class GraphSpec:
     def data(self) -> dict:
         return self.located.data
 
+    @property
+    def data_spec(self) -> str | None:
+        """The graph's own ``data:`` spec (``shapes:n=256,size=32``), the default of ``ptc train --data``."""
+        named = self.data.get("data")
+        return named if isinstance(named, str) else None
+
     def loc(self, *path) -> Loc | None:
         return self.located.loc(*path)
 

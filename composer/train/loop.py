@@ -97,7 +97,7 @@ def _train(spec, cfg, opts: TrainOptions, env: launch.Launch) -> Path:
     resume_from, state = resume_target(run_dir, opts, env)
 
     # ---- data: this rank's micro-batches of the global batch
-    data_spec = opts.data or (spec.data.get("data") if isinstance(spec.data.get("data"), str) else None) or "shapes"
+    data_spec = opts.data or spec.data_spec or "shapes"
     dataset = open_dataset(data_spec, "train")
     micro = cfg.micro_batch(env.world_size)
     spe = steps_per_epoch(len(dataset), cfg.batch_size)
