@@ -15,6 +15,7 @@ import networkx as nx
 
 from composer.graph.compile import dependency_graph
 from composer.graph.spec import BlockSpec, GraphSpec
+from composer.graph.train_section import TrainConfig
 from composer.runtime.errors import GraphError
 
 
@@ -71,7 +72,7 @@ def batch_multiple_errors(spec: GraphSpec) -> list[GraphError]:
     """A block's ``batch_multiple`` parameters (a queue's length) must be multiples of ``train.batch_size``, the
     global batch, so every step writes whole batches (SwAV rounds its queue length down to a multiple of
     batch_size × world_size; memory.fifo declares it)."""
-    batch = (spec.train or {}).get("batch_size", 256)
+    batch = (spec.train or {}).get("batch_size", TrainConfig.batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         return []  # the train section reports it
     errors = []
